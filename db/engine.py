@@ -1,0 +1,61 @@
+"""Which database to use (a URL, or the embedded server) and the async engine on it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from db.embedded import EmbeddedPostgres
+from db.migrate import migrate
+
+
+class DatabaseURLError(ValueError):
+    """IMGRUN_DATABASE_URL is not a usable PostgreSQL URL."""
+
+
+def normalise_url(url: str) -> str:
+    """Accept postgres:// and postgresql:// URLs; always drive them with asyncpg."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseURLError(f"IMGRUN_DATABASE_URL: not a database URL: {url!r}") from None
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseURLError("IMGRUN_DATABASE_URL: imgrun needs a PostgreSQL URL")
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def database_url(home: Path, url: str | None) -> Iterator[str]:
+    """Yield `url`, or start (or join) the embedded server under `home` and yield its URL."""
+    if url:
+        yield normalise_url(url)
+        return
+    server = EmbeddedPostgres(home)
+    try:
+        yield server.start()
+    finally:
+        server.release()
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    """The process's engine: small pool, pre-ping so a restarted server is survived."""
+    return create_async_engine(url, pool_size=pool_size, max_overflow=5, pool_pre_ping=True)
+
+
+@contextlib.asynccontextmanager
+async def open_engine(
+    url: str, *, upgrade: bool = True, pool_size: int = 5
+) -> AsyncIterator[AsyncEngine]:
+    """An engine on `url`, migrated to head first unless told otherwise; disposed on exit."""
+    engine = make_engine(url, pool_size=pool_size)
+    try:
+        if upgrade:
+            await migrate(engine)
+        yield engine
+    finally:
+        await engine.dispose()

@@ -1,0 +1,167 @@
+"""SQLAlchemy 2 typed models: tasks, subtasks, error_logs, executors."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names keep migrations and `alembic check` deterministic.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+POOLS = ("standard", "lumina")
+TASK_STATUSES = ("pending", "running", "completed", "failed", "partial", "canceled")
+SUBTASK_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
+
+TZ = DateTime(timezone=True)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    """Declarative base with the project's naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Task(Base):
+    """A submitted job: prompt templates × variables, expanded into subtasks."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(_in("pool", POOLS), name="pool"),
+        CheckConstraint(_in("status", TASK_STATUSES), name="status"),
+        Index("ix_tasks_status_priority", "status", text("priority DESC"), "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    pool: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, server_default="1")
+    prompts: Mapped[list[str]] = mapped_column(JSONB)
+    variables: Mapped[dict[str, list[str]]] = mapped_column(JSONB)
+    ratio: Mapped[str] = mapped_column(String(8))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    polish: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    max_retries: Mapped[int] = mapped_column(Integer, server_default="3")
+    total_subtasks: Mapped[int] = mapped_column(Integer)
+    total_images: Mapped[int] = mapped_column(Integer)
+    completed_subtasks: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed_subtasks: Mapped[int] = mapped_column(Integer, server_default="0")
+    canceled_subtasks: Mapped[int] = mapped_column(Integer, server_default="0")
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(TZ)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class Subtask(Base):
+    """One provider call: a rendered prompt with its params; the unit that is claimed."""
+
+    __tablename__ = "subtasks"
+    __table_args__ = (
+        CheckConstraint(_in("pool", POOLS), name="pool"),
+        CheckConstraint(_in("status", SUBTASK_STATUSES), name="status"),
+        UniqueConstraint("task_id", "ordinal"),
+        # The claim is one scan of this partial index, in claim order.
+        Index(
+            "ix_subtasks_claim",
+            "pool",
+            text("priority DESC"),
+            "id",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # The reaper looks only at in-flight rows.
+        Index(
+            "ix_subtasks_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'processing'"),
+        ),
+        Index("ix_subtasks_task_status", "task_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    pool: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    retry_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    deferrals: Mapped[int] = mapped_column(Integer, server_default="0")
+    run_after: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    executor_id: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    external_id: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(TZ)
+    completed_at: Mapped[datetime | None] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class ErrorLog(Base):
+    """Aggregated failures: one row per (type, normalised message)."""
+
+    __tablename__ = "error_logs"
+    __table_args__ = (UniqueConstraint("error_type", "error_message"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    error_type: Mapped[str] = mapped_column(Text)
+    error_message: Mapped[str] = mapped_column(Text)
+    stack_trace: Mapped[str | None] = mapped_column(Text)
+    pool: Mapped[str | None] = mapped_column(String(16))
+    provider: Mapped[str | None] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(BigInteger, server_default="1")
+    first_occurred_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    last_occurred_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    last_subtask_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Executor(Base):
+    """A registered runner process and its last heartbeat snapshot."""
+
+    __tablename__ = "executors"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    group: Mapped[str] = mapped_column("group", Text, server_default="default")
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), server_default="running")
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    stopped_at: Mapped[datetime | None] = mapped_column(TZ)
+    pools: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))

@@ -1,0 +1,5 @@
+"""`python -m runner` is `imgrun`."""
+
+from runner.cli import main
+
+main()

@@ -1,0 +1,232 @@
+"""The `imgrun` command line: reads the environment once, wires config, database and commands."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db import queries
+from db.engine import DatabaseURLError, database_url, open_engine
+from runner.config import Config, Environment, load_config
+from runner.errors import UserError
+from runner.spec import expand, load_spec
+from runner.views import task_detail, tasks_table
+
+T = TypeVar("T")
+
+out = Console()
+err = Console(stderr=True)
+
+PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is worth drawing
+
+
+class App:
+    """What every command needs: the environment read at start-up and the merged config."""
+
+    def __init__(self, env: Environment, config: Config) -> None:
+        self.env = env
+        self.config = config
+
+    def with_engine(
+        self, work: Callable[[AsyncEngine], Awaitable[T]], *, upgrade: bool = True
+    ) -> T:
+        """Run `work` on an engine to the configured (or embedded) database."""
+
+        async def main(url: str) -> T:
+            async with open_engine(url, upgrade=upgrade) as engine:
+                return await work(engine)
+
+        with database_url(self.env.home, self.env.database_url) as url:
+            return anyio.run(main, url)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def print_json(data: Any) -> None:
+    """Machine output: one JSON document on stdout."""
+    click.echo(json.dumps(queries.jsonable(data), indent=2, sort_keys=True))
+
+
+@click.group()
+@click.version_option(package_name="imgrun")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """imgrun — adaptive-concurrency task runner for batch image generation."""
+    env = Environment.from_environ(os.environ)
+    ctx.obj = App(env, load_config(env))
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show the expansion; write nothing.")
+@click.option("--user", "user_id", help="Owner of the task (default: the OS user).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_json: bool) -> None:
+    """Expand SPEC (YAML or JSON) into subtasks and queue them."""
+    spec = load_spec(spec_path)
+    if spec.provider not in app.config.providers:
+        known = ", ".join(sorted(app.config.providers))
+        raise UserError(f"provider: unknown provider {spec.provider!r} (configured: {known})")
+    expansion = expand(spec, max_subtasks=app.config.submit.max_subtasks)
+    summary = {
+        "name": spec.name,
+        "pool": expansion.pool,
+        "provider": spec.provider,
+        "priority": spec.priority,
+        "seed": expansion.seed,
+        "total_subtasks": expansion.total_subtasks,
+        "total_images": expansion.total_images,
+    }
+    if dry_run:
+        preview = [vars(s) for _, s in zip(range(5), expansion.subtasks(), strict=False)]
+        if as_json:
+            print_json({**summary, "preview": preview})
+            return
+        out.print(
+            f"[bold]{spec.name}[/]: {expansion.total_subtasks:,} subtasks,"
+            f" {expansion.total_images:,} images, pool {expansion.pool},"
+            f" provider {spec.provider}, seed {expansion.seed} (dry run: nothing written)"
+        )
+        for item in preview:
+            out.print(f"  #{item['ordinal']} seed {item['params']['seed']}: {item['prompt']}")
+        if expansion.total_subtasks > len(preview):
+            out.print(f"  … and {expansion.total_subtasks - len(preview):,} more")
+        return
+
+    task = queries.NewTask(
+        name=spec.name,
+        user_id=user_id or getpass.getuser(),
+        pool=expansion.pool,
+        provider=spec.provider,
+        priority=spec.priority,
+        prompts=list(spec.prompts),
+        variables={k: list(v) for k, v in spec.variables.items()},
+        ratio=spec.ratio,
+        seed=expansion.seed,
+        batch_size=spec.batch_size,
+        polish=spec.polish,
+        max_retries=spec.max_retries,
+        total_subtasks=expansion.total_subtasks,
+        total_images=expansion.total_images,
+    )
+    rows = (queries.SubtaskRow(s.ordinal, s.prompt, s.params) for s in expansion.subtasks())
+    show_bar = expansion.total_subtasks >= PROGRESS_THRESHOLD and not as_json
+
+    async def write(engine: AsyncEngine) -> int:
+        if not show_bar:
+            return await queries.submit_task(engine, task, rows)
+        columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
+            job = bar.add_task("writing subtasks", total=expansion.total_subtasks)
+            return await queries.submit_task(
+                engine, task, rows, on_progress=lambda n: bar.advance(job, n)
+            )
+
+    task_id = app.with_engine(write)
+    if as_json:
+        print_json({"task_id": task_id, **summary})
+    else:
+        out.print(
+            f"submitted task [bold]{task_id}[/] ({spec.name}): {expansion.total_subtasks:,}"
+            f" subtasks, {expansion.total_images:,} images, pool {expansion.pool}"
+        )
+
+
+@cli.command("tasks")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--active", is_flag=True, help="Only pending and running tasks.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def tasks_command(app: App, limit: int, active: bool, as_json: bool) -> None:
+    """List tasks, newest first."""
+    rows = app.with_engine(lambda e: queries.list_tasks(e, limit=limit, active_only=active))
+    if as_json:
+        print_json([dict(r) for r in rows])
+    elif not rows:
+        out.print("no tasks yet — submit one with `imgrun submit SPEC`")
+    else:
+        out.print(tasks_table(rows))
+
+
+@cli.command("task")
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def task_command(app: App, task_id: int, as_json: bool) -> None:
+    """Show one task: counts by status and its first failures."""
+    task = app.with_engine(lambda e: queries.get_task(e, task_id))
+    if task is None:
+        raise UserError(f"task {task_id}: no such task")
+    if as_json:
+        print_json(task)
+    else:
+        out.print(task_detail(task))
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database maintenance."""
+
+
+@db_group.command("upgrade")
+@pass_app
+def db_upgrade(app: App) -> None:
+    """Migrate the database to the newest schema."""
+
+    async def noop(engine: AsyncEngine) -> None:
+        return None
+
+    app.with_engine(noop)
+    out.print("database is at the newest schema")
+
+
+@db_group.command("url")
+@pass_app
+def db_url(app: App) -> None:
+    """Print the database URL in use (starting the embedded server if that is the one)."""
+    if app.env.database_url:
+        click.echo(app.env.database_url)
+        return
+    with database_url(app.env.home, None) as url:
+        click.echo(url)
+
+
+def _exit_on_sigterm() -> None:
+    # Turn SIGTERM into SystemExit so `finally` blocks run (the embedded server's release).
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors are one line and exit 2, never a traceback."""
+    _exit_on_sigterm()
+    try:
+        cli.main(args=argv, prog_name="imgrun", standalone_mode=False)
+    except (UserError, DatabaseURLError) as exc:
+        err.print(Text.assemble(("imgrun: error: ", "red"), str(exc)), soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)

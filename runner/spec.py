@@ -1,0 +1,184 @@
+"""The submit spec: parsing (YAML/JSON), validation, and expansion into subtasks (pure)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import string
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runner.config import describe_validation_error
+from runner.errors import UserError
+from workers.types import RATIO_SIZES
+
+Ratio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"]
+VariableValue = str | int | float
+MAX_SEED = 2**31 - 1
+
+
+class Spec(BaseModel):
+    """A task as the user writes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    pool: Literal["standard", "lumina"] | None = None
+    provider: str = "sim"
+    priority: int = Field(default=1, ge=-1000, le=1000)
+    prompts: list[str] = Field(min_length=1)
+    variables: dict[str, list[VariableValue]] = Field(default_factory=dict)
+    ratio: Ratio = "1:1"
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    batch_size: int = Field(default=1, ge=1, le=16)
+    polish: bool = False
+    max_retries: int = Field(default=3, ge=0, le=100)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_not_blank(cls, prompts: list[str]) -> list[str]:
+        for index, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise ValueError(f"prompt {index} is empty")
+        return prompts
+
+    @property
+    def resolved_pool(self) -> str:
+        """The pool: as given, else lumina when the name mentions it (the seed's rule)."""
+        if self.pool is not None:
+            return self.pool
+        return "lumina" if "lumina" in self.name.lower() else "standard"
+
+
+@dataclass(frozen=True)
+class ExpandedSubtask:
+    """One rendered prompt with its params, before it has a database id."""
+
+    ordinal: int
+    prompt: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A validated spec with its counts; `subtasks()` yields the rows lazily."""
+
+    spec: Spec
+    pool: str
+    seed: int
+    placeholders: tuple[tuple[str, ...], ...]
+
+    @property
+    def total_subtasks(self) -> int:
+        """How many subtasks the spec expands to."""
+        return sum(
+            math.prod(len(self.spec.variables[name]) for name in names)
+            for names in self.placeholders
+        )
+
+    @property
+    def total_images(self) -> int:
+        """Subtasks × batch size."""
+        return self.total_subtasks * self.spec.batch_size
+
+    def subtasks(self) -> Iterator[ExpandedSubtask]:
+        """Each prompt × each combination of the variables it uses, ordinals dense from 0."""
+        spec = self.spec
+        ordinal = 0
+        for template, names in zip(spec.prompts, self.placeholders, strict=True):
+            for values in itertools.product(*(spec.variables[name] for name in names)):
+                prompt = _render(template, dict(zip(names, values, strict=True)))
+                params = {
+                    "seed": (self.seed + ordinal) % (MAX_SEED + 1),
+                    "ratio": spec.ratio,
+                    "size": "{}x{}".format(*RATIO_SIZES[spec.ratio]),
+                    "batch_size": spec.batch_size,
+                    "polish": spec.polish,
+                }
+                yield ExpandedSubtask(ordinal, prompt, params)
+                ordinal += 1
+
+
+def _render(template: str, values: Mapping[str, VariableValue]) -> str:
+    return template.format_map({k: str(v) for k, v in values.items()})
+
+
+def placeholders_of(template: str, where: str) -> tuple[str, ...]:
+    """Variable names a template uses, in order of first use."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc} (write {{{{ and }}}} for literal braces)") from None
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            raise UserError(f"{where}: bad placeholder {{{field}}}: use {{name}} only")
+        if field not in names:
+            names.append(field)
+    return tuple(names)
+
+
+def expand(spec: Spec, *, max_subtasks: int, rng: random.Random | None = None) -> Expansion:
+    """Validate the spec's templates against its variables and count the expansion."""
+    per_prompt = tuple(
+        placeholders_of(template, f"prompts[{index}]")
+        for index, template in enumerate(spec.prompts)
+    )
+    used = {name for names in per_prompt for name in names}
+    for index, names in enumerate(per_prompt):
+        for name in names:
+            if name not in spec.variables:
+                raise UserError(f"prompts[{index}]: unknown placeholder {{{name}}}")
+    for name, values in spec.variables.items():
+        if name not in used:
+            raise UserError(f"variables.{name}: not used by any prompt")
+        if not values:
+            raise UserError(f"variables.{name}: empty list")
+    seed = (
+        spec.seed if spec.seed is not None else (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    )
+    expansion = Expansion(spec, spec.resolved_pool, seed, per_prompt)
+    if expansion.total_subtasks > max_subtasks:
+        raise UserError(
+            f"prompts × variables: expands to {expansion.total_subtasks:,} subtasks,"
+            f" above the limit of {max_subtasks:,} (submit.max_subtasks)"
+        )
+    return expansion
+
+
+def parse_spec(data: Any) -> Spec:
+    """Validate raw spec data; bad input raises UserError naming the field."""
+    if not isinstance(data, dict):
+        raise UserError("spec: expected a mapping of keys (name, prompts, variables, …)")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc)) from None
+
+
+def load_spec(path: Path) -> Spec:
+    """Read a YAML or JSON spec file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    return parse_spec(data)

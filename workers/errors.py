@@ -1,0 +1,46 @@
+"""Typed outcomes of a provider call.
+
+The runner maps each class to a subtask state and a scaling signal.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base of every error a provider or worker raises; the message never holds a secret."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RateLimited(ProviderError):
+    """Backpressure (429, or 503 with Retry-After): not the subtask's fault, retry later."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = 429
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class TransientError(ProviderError):
+    """A failure worth another attempt: connection error, 5xx, malformed body."""
+
+
+class ProviderTimeout(TransientError):
+    """The provider did not answer (or the job did not finish) in time."""
+
+
+class PermanentError(ProviderError):
+    """A failure another attempt cannot fix: 4xx validation, content policy, a failed job."""
+
+    retryable = False
+
+
+class Canceled(ProviderError):
+    """The runner asked a polling worker to stop; the provider job was asked to cancel."""
+
+    retryable = False

@@ -1,0 +1,71 @@
+"""Plain data passed between the runner and the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Pixel sizes for each ratio at scale 1; providers may scale them (the sim shrinks them).
+RATIO_SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "4:3": (1152, 864),
+    "3:4": (864, 1152),
+    "16:9": (1344, 768),
+    "9:16": (768, 1344),
+    "3:2": (1216, 816),
+    "2:3": (816, 1216),
+}
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One subtask's generation request, as a provider sees it."""
+
+    task_id: int
+    subtask_id: int
+    attempt: int
+    prompt: str
+    seed: int
+    ratio: str = "1:1"
+    batch_size: int = 1
+    polish: bool = False
+
+    @property
+    def idempotency_key(self) -> str:
+        """Header value that lets a backend tell a retry from a duplicate."""
+        return f"imgrun-{self.subtask_id}-{self.attempt}"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Width and height for the ratio."""
+        return RATIO_SIZES[self.ratio]
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image written to the output directory."""
+
+    path: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class WorkResult:
+    """What a finished subtask produced; stored as the subtask's `result` jsonb."""
+
+    images: list[StoredImage]
+    provider_ms: float
+    external_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form for the database."""
+        return {
+            "images": [vars(image) for image in self.images],
+            "provider_ms": round(self.provider_ms, 1),
+            "external_id": self.external_id,
+            **self.extra,
+        }
