@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.models import Subtask, Task
 
@@ -39,27 +38,8 @@ class NewTask:
     total_images: int
 
 
-@dataclass(frozen=True)
-class SubtaskRow:
-    """One subtask to insert."""
-
-    ordinal: int
-    prompt: str
-    params: dict[str, Any]
-
-
-async def _copy_subtasks(
-    connection: AsyncConnection, task_id: int, pool: str, priority: int, rows: Sequence[SubtaskRow]
-) -> None:
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    records = [
-        (task_id, row.ordinal, pool, priority, row.prompt, json.dumps(row.params)) for row in rows
-    ]
-    await driver.copy_records_to_table(
-        "subtasks", records=records, columns=list(SUBTASK_COPY_COLUMNS)
-    )
+# (ordinal, rendered prompt, params as a JSON string): tuples, because 100k of them are copied.
+SubtaskRow = tuple[int, str, str]
 
 
 async def submit_task(
@@ -67,29 +47,31 @@ async def submit_task(
     task: NewTask,
     subtasks: Iterable[SubtaskRow],
     *,
-    chunk: int = 10_000,
     on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 5_000,
 ) -> int:
-    """Insert a task and all its subtasks in one transaction (COPY in chunks); returns its id."""
+    """Insert a task and all its subtasks in one transaction (one streamed COPY); returns its id."""
     async with engine.begin() as connection:
         task_id: int = (
             await connection.execute(
-                insert(Task).returning(Task.id),
-                [vars(task) | {"status": "pending"}],
+                insert(Task).returning(Task.id), [vars(task) | {"status": "pending"}]
             )
         ).scalar_one()
-        batch: list[SubtaskRow] = []
-        for row in subtasks:
-            batch.append(row)
-            if len(batch) >= chunk:
-                await _copy_subtasks(connection, task_id, task.pool, task.priority, batch)
-                if on_progress:
-                    on_progress(len(batch))
-                batch = []
-        if batch:
-            await _copy_subtasks(connection, task_id, task.pool, task.priority, batch)
+
+        async def records() -> AsyncIterator[tuple[Any, ...]]:
+            # A generator, not a list: the server inserts while we are still expanding.
+            for count, (ordinal, prompt, params) in enumerate(subtasks, 1):
+                yield (task_id, ordinal, task.pool, task.priority, prompt, params)
+                if on_progress and count % progress_every == 0:
+                    on_progress(progress_every)
             if on_progress:
-                on_progress(len(batch))
+                on_progress(task.total_subtasks % progress_every)
+
+        raw = await connection.get_raw_connection()
+        assert raw.driver_connection is not None
+        await raw.driver_connection.copy_records_to_table(
+            "subtasks", records=records(), columns=list(SUBTASK_COPY_COLUMNS)
+        )
         # Delivered at commit, so a runner never wakes to rows it cannot see yet.
         await connection.execute(
             text("SELECT pg_notify(:channel, :pool)"), {"channel": WAKE_CHANNEL, "pool": task.pool}

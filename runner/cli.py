@@ -124,7 +124,7 @@ def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_jso
         total_subtasks=expansion.total_subtasks,
         total_images=expansion.total_images,
     )
-    rows = (queries.SubtaskRow(s.ordinal, s.prompt, s.params) for s in expansion.subtasks())
+    rows = expansion.rows()
     show_bar = expansion.total_subtasks >= PROGRESS_THRESHOLD and not as_json
 
     async def write(engine: AsyncEngine) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,18 +32,21 @@ def _plain(url: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """The server for the whole session: IMGRUN_TEST_DATABASE_URL, else an embedded one."""
     external = os.environ.get("IMGRUN_TEST_DATABASE_URL")
     if external:
         yield make_url(external).set(drivername="postgresql+asyncpg").render_as_string(False)
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "home")
-    url = server.start()
-    try:
-        yield url
-    finally:
-        server.release()
+    # Not under pytest's tmp_path: pytest prunes old base temps, and a second pytest
+    # run on the machine would delete a live data directory.
+    with tempfile.TemporaryDirectory(prefix="imgrun-test-pg-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "home")
+        url = server.start()
+        try:
+            yield url
+        finally:
+            server.release()
 
 
 @pytest.fixture(scope="session")

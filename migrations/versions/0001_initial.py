@@ -177,12 +177,10 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status = 'processing'"),
     )
-    op.create_index("ix_subtasks_task_status", "subtasks", ["task_id", "status"], unique=False)
 
 
 def downgrade() -> None:
     """Revert this revision."""
-    op.drop_index("ix_subtasks_task_status", table_name="subtasks")
     op.drop_index(
         "ix_subtasks_lease",
         table_name="subtasks",

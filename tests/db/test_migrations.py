@@ -47,3 +47,12 @@ async def test_upgrade_matches_models_then_downgrade_and_again(pg_server: str) -
     finally:
         await engine.dispose()
         await drop_database(pg_server, url)
+
+
+def test_head_constant_matches_the_scripts() -> None:
+    """db.migrate.HEAD (used to skip alembic when current) is the scripts' real head."""
+    from alembic.script import ScriptDirectory
+
+    from db.migrate import HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD

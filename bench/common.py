@@ -1,0 +1,46 @@
+"""Shared bench helpers: a throwaway embedded server and fresh databases on it."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from db.embedded import EmbeddedPostgres
+
+IMGRUN = [sys.executable, "-m", "runner"]
+
+
+@contextlib.contextmanager
+def embedded_server() -> Iterator[str]:
+    """A private embedded server for the benchmark; stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="imgrun-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "home")
+        url = server.start()
+        try:
+            yield url
+        finally:
+            server.release()
+
+
+async def fresh_database(server_url: str, name: str) -> str:
+    """Drop and create database `name`; return its URL."""
+    admin_url = make_url(server_url).set(drivername="postgresql", database="postgres")
+    admin = await asyncpg.connect(admin_url.render_as_string(hide_password=False))
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def median(values: list[float]) -> float:
+    """Median of a non-empty list."""
+    return statistics.median(values)
