@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -147,3 +148,473 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
+
+
+# ---------------------------------------------------------------------------
+# The runner's transitions. Every change of a subtask's state is one of these
+# statements, each its own transaction; task counters move in the same statement.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedSubtask:
+    """A subtask this runner now holds a lease on."""
+
+    id: int
+    task_id: int
+    ordinal: int
+    pool: str
+    prompt: str
+    params: dict[str, Any]
+    attempts: int
+    retry_count: int
+    deferrals: int
+    external_id: str | None
+    provider: str
+    max_retries: int
+
+
+CLAIM = text(
+    """
+    WITH picked AS (
+        SELECT id FROM subtasks
+        WHERE status = 'pending' AND pool = :pool AND run_after <= now()
+        ORDER BY priority DESC, id
+        LIMIT :n
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE subtasks s
+        SET status = 'processing', executor_id = :executor, attempts = s.attempts + 1,
+            lease_expires_at = now() + make_interval(secs => :lease),
+            started_at = coalesce(s.started_at, now()), updated_at = now()
+        FROM picked WHERE s.id = picked.id
+        RETURNING s.id, s.task_id, s.ordinal, s.pool, s.prompt, s.params, s.attempts,
+                  s.retry_count, s.deferrals, s.external_id
+    ), started AS (
+        UPDATE tasks SET status = 'running', started_at = now()
+        WHERE id IN (SELECT task_id FROM claimed) AND status = 'pending'
+    )
+    SELECT claimed.*, t.provider, t.max_retries
+    FROM claimed JOIN tasks t ON t.id = claimed.task_id
+    ORDER BY claimed.id
+    """
+)
+
+
+async def claim(
+    engine: AsyncEngine, pool: str, n: int, executor_id: str, lease: float
+) -> list[ClaimedSubtask]:
+    """Lease up to `n` due subtasks of `pool`, highest priority first (SKIP LOCKED)."""
+    async with engine.begin() as connection:
+        rows = await connection.execute(
+            CLAIM, {"pool": pool, "n": n, "executor": executor_id, "lease": lease}
+        )
+        return [ClaimedSubtask(**row) for row in rows.mappings()]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended.
+
+    kind: completed | failed | canceled (final); retry (spends the retry budget),
+    defer (backpressure: does not), release (shutdown: the attempt is not counted).
+    """
+
+    subtask_id: int
+    attempt: int
+    kind: str
+    executor_id: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    delay: float = 0.0
+
+
+APPLY_OUTCOMES = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:kinds AS text[]),
+            CAST(:executors AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
+            CAST(:delays AS float8[])
+        ) AS i(id, attempt, kind, executor_id, result, error, delay)
+    ), fenced AS (
+        -- Only the lease holder may move a row on: a reaped and re-claimed subtask has
+        -- another executor or attempt number, and the stale outcome is dropped.
+        SELECT s.id, i.kind, i.result, i.error, i.delay,
+               -- Work still to do on a canceled task stops here.
+               CASE WHEN t.status = 'canceled' AND i.kind IN ('retry', 'defer', 'release')
+                    THEN 'canceled' ELSE i.kind END AS effective
+        FROM input i
+        JOIN subtasks s ON s.id = i.id
+        JOIN tasks t ON t.id = s.task_id
+        WHERE s.status = 'processing' AND s.executor_id = i.executor_id
+          AND s.attempts = i.attempt
+        FOR UPDATE OF s
+    ), updated AS (
+        UPDATE subtasks s
+        SET status = CASE WHEN f.effective IN ('completed', 'failed', 'canceled')
+                          THEN f.effective ELSE 'pending' END,
+            result = coalesce(CAST(f.result AS jsonb), s.result),
+            error = coalesce(f.error, s.error),
+            retry_count = s.retry_count + (f.effective = 'retry')::int,
+            deferrals = s.deferrals + (f.effective = 'defer')::int,
+            attempts = s.attempts - (f.effective = 'release')::int,
+            run_after = CASE WHEN f.effective IN ('retry', 'defer', 'release')
+                             THEN now() + make_interval(secs => f.delay) ELSE s.run_after END,
+            executor_id = NULL, lease_expires_at = NULL,
+            completed_at = CASE WHEN f.effective IN ('completed', 'failed', 'canceled')
+                                THEN now() END,
+            updated_at = now()
+        FROM fenced f WHERE s.id = f.id
+        RETURNING s.task_id, s.pool, s.status
+    ), per_task AS (
+        SELECT task_id,
+               count(*) FILTER (WHERE status = 'completed') AS completed,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'canceled') AS canceled
+        FROM updated GROUP BY task_id
+    ), tasks_updated AS (
+        UPDATE tasks t
+        SET completed_subtasks = t.completed_subtasks + p.completed,
+            failed_subtasks = t.failed_subtasks + p.failed,
+            canceled_subtasks = t.canceled_subtasks + p.canceled,
+            status = CASE
+                WHEN t.status = 'canceled' THEN 'canceled'
+                WHEN t.completed_subtasks + p.completed + t.failed_subtasks + p.failed
+                     + t.canceled_subtasks + p.canceled < t.total_subtasks THEN t.status
+                WHEN t.failed_subtasks + p.failed + t.canceled_subtasks + p.canceled = 0
+                     THEN 'completed'
+                WHEN t.completed_subtasks + p.completed = 0 THEN 'failed'
+                ELSE 'partial' END,
+            finished_at = CASE
+                WHEN t.completed_subtasks + p.completed + t.failed_subtasks + p.failed
+                     + t.canceled_subtasks + p.canceled >= t.total_subtasks
+                THEN coalesce(t.finished_at, now()) ELSE t.finished_at END
+        FROM per_task p WHERE t.id = p.task_id
+    )
+    SELECT pool, count(*) FILTER (WHERE status = 'pending') AS requeued, count(*) AS applied
+    FROM updated GROUP BY pool
+    """
+)
+
+
+async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> int:
+    """Record many attempts' outcomes in one transaction; returns how many applied."""
+    if not outcomes:
+        return 0
+    params = {
+        "ids": [o.subtask_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "kinds": [o.kind for o in outcomes],
+        "executors": [o.executor_id for o in outcomes],
+        "results": [json.dumps(o.result) if o.result is not None else None for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "delays": [o.delay for o in outcomes],
+    }
+    async with engine.begin() as connection:
+        rows = (await connection.execute(APPLY_OUTCOMES, params)).all()
+        for pool, requeued, _ in rows:
+            if requeued:
+                await _wake(connection, pool)
+        return sum(applied for _, _, applied in rows)
+
+
+async def _wake(connection: Any, pool: str) -> None:
+    await connection.execute(
+        text("SELECT pg_notify(:channel, :pool)"), {"channel": WAKE_CHANNEL, "pool": pool}
+    )
+
+
+async def set_external_id(
+    engine: AsyncEngine, subtask_id: int, attempt: int, executor_id: str, external_id: str
+) -> bool:
+    """Persist an async job's id before polling it; False if the lease was lost."""
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            text(
+                "UPDATE subtasks SET external_id = :external_id, updated_at = now()"
+                " WHERE id = :id AND attempts = :attempt AND executor_id = :executor"
+                " AND status = 'processing'"
+            ),
+            {
+                "external_id": external_id,
+                "id": subtask_id,
+                "attempt": attempt,
+                "executor": executor_id,
+            },
+        )
+        return bool(result.rowcount)
+
+
+EXPIRED = text(
+    """
+    SELECT s.id, s.attempts, s.executor_id, s.retry_count, t.max_retries
+    FROM subtasks s JOIN tasks t ON t.id = s.task_id
+    WHERE s.status = 'processing' AND s.lease_expires_at < now()
+    ORDER BY s.lease_expires_at
+    LIMIT :n
+    FOR UPDATE OF s SKIP LOCKED
+    """
+)
+
+
+async def reap_expired(engine: AsyncEngine, *, limit: int = 1000) -> list[Outcome]:
+    """Return expired leases to pending (counting the attempt), or fail them at max_retries."""
+    async with engine.begin() as connection:
+        rows = (await connection.execute(EXPIRED, {"n": limit})).mappings().all()
+    outcomes = [
+        Outcome(
+            subtask_id=row["id"],
+            attempt=row["attempts"],
+            executor_id=row["executor_id"],
+            kind="retry" if row["retry_count"] < row["max_retries"] else "failed",
+            error="lease expired: its runner stopped answering",
+        )
+        for row in rows
+    ]
+    # Fenced by (executor, attempt): if the holder finishes meanwhile, its outcome wins.
+    await apply_outcomes(engine, outcomes)
+    return outcomes
+
+
+async def wait_for_work_exists(engine: AsyncEngine, pools: Sequence[str]) -> bool:
+    """True while any subtask of `pools` is pending (now or later) or processing."""
+    async with engine.connect() as connection:
+        return bool(
+            await connection.scalar(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM subtasks WHERE status = 'pending'"
+                    " AND pool = ANY(CAST(:pools AS text[])))"
+                    " OR EXISTS (SELECT 1 FROM subtasks WHERE status = 'processing'"
+                    " AND pool = ANY(CAST(:pools AS text[])))"
+                ),
+                {"pools": list(pools)},
+            )
+        )
+
+
+async def pending_counts(engine: AsyncEngine) -> dict[str, int]:
+    """Claimable-now subtasks per pool (the scaling signal)."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT pool, count(*) FROM subtasks WHERE status = 'pending'"
+                " AND run_after <= now() GROUP BY pool"
+            )
+        )
+        return {pool: int(count) for pool, count in rows.all()}
+
+
+async def canceled_among(engine: AsyncEngine, task_ids: Sequence[int]) -> set[int]:
+    """Which of these tasks have been canceled."""
+    if not task_ids:
+        return set()
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT id FROM tasks"
+                " WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'canceled'"
+            ),
+            {"ids": list(task_ids)},
+        )
+        return {row[0] for row in rows.all()}
+
+
+# --- executors -------------------------------------------------------------
+
+
+async def register_executor(
+    engine: AsyncEngine, executor_id: str, group: str, host: str, pid: int, version: str
+) -> None:
+    """Insert or revive this runner's row."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                'INSERT INTO executors (id, "group", host, pid, version, state)'
+                " VALUES (:id, :group, :host, :pid, :version, 'running')"
+                ' ON CONFLICT (id) DO UPDATE SET "group" = excluded.group, host = excluded.host,'
+                " pid = excluded.pid, version = excluded.version, state = 'running',"
+                " started_at = now(), heartbeat_at = now(), stopped_at = NULL"
+            ),
+            {"id": executor_id, "group": group, "host": host, "pid": pid, "version": version},
+        )
+
+
+async def heartbeat(
+    engine: AsyncEngine, executor_id: str, pools: dict[str, Any], lease: float
+) -> int:
+    """Record a heartbeat with the pools' snapshot and renew this runner's leases."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE executors SET heartbeat_at = now(), pools = CAST(:pools AS jsonb),"
+                " state = 'running' WHERE id = :id"
+            ),
+            {"id": executor_id, "pools": json.dumps(pools)},
+        )
+        result = await connection.execute(
+            text(
+                "UPDATE subtasks SET lease_expires_at = now() + make_interval(secs => :lease)"
+                " WHERE status = 'processing' AND executor_id = :executor"
+            ),
+            {"lease": lease, "executor": executor_id},
+        )
+        return int(result.rowcount)
+
+
+async def mark_executor_stopped(
+    engine: AsyncEngine, executor_id: str, pools: dict[str, Any]
+) -> None:
+    """Record a clean stop."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE executors SET state = 'stopped', stopped_at = now(), heartbeat_at = now(),"
+                " pools = CAST(:pools AS jsonb) WHERE id = :id"
+            ),
+            {"id": executor_id, "pools": json.dumps(pools)},
+        )
+
+
+# --- errors ----------------------------------------------------------------
+
+RECORD_ERRORS = text(
+    """
+    INSERT INTO error_logs AS e (error_type, error_message, stack_trace, pool, provider,
+                                 count, last_subtask_id)
+    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:messages AS text[]),
+                         CAST(:traces AS text[]), CAST(:pools AS text[]),
+                         CAST(:providers AS text[]), CAST(:counts AS bigint[]),
+                         CAST(:subtasks AS bigint[]))
+    ON CONFLICT (error_type, error_message) DO UPDATE
+    SET count = e.count + excluded.count, last_occurred_at = now(),
+        last_subtask_id = excluded.last_subtask_id, pool = excluded.pool,
+        provider = excluded.provider
+    RETURNING error_type, error_message, (xmax = 0) AS inserted
+    """
+)
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One failure to aggregate (already redacted and fingerprinted)."""
+
+    error_type: str
+    fingerprint: str
+    stack_trace: str | None
+    pool: str
+    provider: str
+    subtask_id: int
+
+
+async def record_errors(
+    engine: AsyncEngine, records: Sequence[ErrorRecord]
+) -> list[tuple[str, str]]:
+    """Aggregate failures into error_logs; returns the (type, fingerprint) pairs seen first now."""
+    if not records:
+        return []
+    merged: dict[tuple[str, str], tuple[ErrorRecord, int]] = {}
+    for record in records:
+        key = (record.error_type, record.fingerprint)
+        merged[key] = (record, merged.get(key, (record, 0))[1] + 1)
+    rows = [r for r, _ in merged.values()]
+    params = {
+        "types": [r.error_type for r in rows],
+        "messages": [r.fingerprint for r in rows],
+        "traces": [r.stack_trace for r in rows],
+        "pools": [r.pool for r in rows],
+        "providers": [r.provider for r in rows],
+        "counts": [count for _, count in merged.values()],
+        "subtasks": [r.subtask_id for r in rows],
+    }
+    async with engine.begin() as connection:
+        result = await connection.execute(RECORD_ERRORS, params)
+        return [(t, m) for t, m, inserted in result.all() if inserted]
+
+
+async def top_errors(engine: AsyncEngine, limit: int = 20) -> list[dict[str, Any]]:
+    """Aggregated errors, most frequent first."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT id, error_type, error_message, count, pool, provider, first_occurred_at,"
+                " last_occurred_at, last_subtask_id FROM error_logs"
+                " ORDER BY count DESC, last_occurred_at DESC LIMIT :n"
+            ),
+            {"n": limit},
+        )
+        return [dict(r) for r in rows.mappings()]
+
+
+# --- task control ----------------------------------------------------------
+
+
+async def cancel_task(engine: AsyncEngine, task_id: int) -> dict[str, Any] | None:
+    """Cancel a task: pending subtasks at once, in-flight ones when their attempt ends."""
+    async with engine.begin() as connection:
+        status = await connection.scalar(
+            text("SELECT status FROM tasks WHERE id = :id FOR UPDATE"), {"id": task_id}
+        )
+        if status is None:
+            return None
+        canceled = (
+            await connection.execute(
+                text(
+                    "UPDATE subtasks SET status = 'canceled', completed_at = now(),"
+                    " updated_at = now() WHERE task_id = :id AND status = 'pending'"
+                ),
+                {"id": task_id},
+            )
+        ).rowcount
+        await connection.execute(
+            text(
+                "UPDATE tasks SET canceled_subtasks = canceled_subtasks + :n,"
+                " status = CASE WHEN status IN ('completed', 'failed', 'partial') THEN status"
+                " ELSE 'canceled' END,"
+                " finished_at = CASE WHEN status IN ('completed', 'failed', 'partial')"
+                " THEN finished_at ELSE now() END WHERE id = :id"
+            ),
+            {"id": task_id, "n": canceled},
+        )
+        in_flight = await connection.scalar(
+            text("SELECT count(*) FROM subtasks WHERE task_id = :id AND status = 'processing'"),
+            {"id": task_id},
+        )
+        return {
+            "task_id": task_id,
+            "previous_status": status,
+            "canceled": canceled,
+            "in_flight": int(in_flight or 0),
+        }
+
+
+async def retry_task(engine: AsyncEngine, task_id: int) -> dict[str, Any] | None:
+    """Put a task's failed subtasks back to pending with a fresh retry budget."""
+    async with engine.begin() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT status, pool FROM tasks WHERE id = :id FOR UPDATE"), {"id": task_id}
+            )
+        ).first()
+        if row is None:
+            return None
+        requeued = (
+            await connection.execute(
+                text(
+                    "UPDATE subtasks SET status = 'pending', retry_count = 0, deferrals = 0,"
+                    " run_after = now(), completed_at = NULL, external_id = NULL,"
+                    " updated_at = now() WHERE task_id = :id AND status = 'failed'"
+                ),
+                {"id": task_id},
+            )
+        ).rowcount
+        if requeued:
+            await connection.execute(
+                text(
+                    "UPDATE tasks SET failed_subtasks = failed_subtasks - :n, status = 'running',"
+                    " finished_at = NULL WHERE id = :id"
+                ),
+                {"id": task_id, "n": requeued},
+            )
+            await _wake(connection, row.pool)
+        return {"task_id": task_id, "requeued": requeued}

@@ -23,7 +23,7 @@ from db.engine import DatabaseURLError, database_url, open_engine
 from runner.config import Config, Environment, load_config
 from runner.errors import UserError
 from runner.spec import expand, load_spec
-from runner.views import task_detail, tasks_table
+from runner.views import errors_table, task_detail, tasks_table
 
 T = TypeVar("T")
 
@@ -204,6 +204,114 @@ def db_url(app: App) -> None:
         return
     with database_url(app.env.home, None) as url:
         click.echo(url)
+
+
+@cli.command()
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    help="Exit 0 once nothing is pending, processing or waiting to retry.",
+)
+@click.option("--executor-id", help="Name this runner (default: host-pid-random).")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--log-format", default="auto", show_default=True, type=click.Choice(["auto", "rich", "json"])
+)
+@pass_app
+def run(
+    app: App, until_idle: bool, executor_id: str | None, log_level: str, log_format: str
+) -> None:
+    """Run the long-running runner: claim subtasks and generate their images."""
+    from runner.logs import setup_logging
+    from runner.service import serve
+
+    setup_logging(log_level, log_format)  # type: ignore[arg-type]
+    config = app.config
+    if executor_id:
+        config = config.model_copy(
+            update={"runner": config.runner.model_copy(update={"executor_id": executor_id})}
+        )
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # anyio handles it from here on
+
+    async def main(engine: AsyncEngine) -> None:
+        await serve(engine, config, app.env, until_idle=until_idle)
+
+    app.with_engine(main)
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def cancel(app: App, task_id: int, as_json: bool) -> None:
+    """Cancel a task: pending subtasks now, in-flight ones at their next check."""
+    result = app.with_engine(lambda e: queries.cancel_task(e, task_id))
+    if result is None:
+        raise UserError(f"task {task_id}: no such task")
+    if as_json:
+        print_json(result)
+    else:
+        out.print(
+            f"task {task_id}: canceled {result['canceled']} pending subtasks;"
+            f" {result['in_flight']} in flight will stop at their next check"
+        )
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def retry(app: App, task_id: int, as_json: bool) -> None:
+    """Put a task's failed subtasks back to pending."""
+    result = app.with_engine(lambda e: queries.retry_task(e, task_id))
+    if result is None:
+        raise UserError(f"task {task_id}: no such task")
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"task {task_id}: {result['requeued']} failed subtasks back to pending")
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def errors(app: App, limit: int, as_json: bool) -> None:
+    """Aggregated errors, most frequent first."""
+    rows = app.with_engine(lambda e: queries.top_errors(e, limit))
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        out.print("no errors recorded")
+    else:
+        out.print(errors_table(rows))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8800, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--capacity", default=8, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--service-ms", default=200.0, show_default=True, type=click.FloatRange(0))
+@click.option("--queue-limit", default=64, show_default=True, type=click.IntRange(0))
+@click.option("--error-rate", default=0.0, type=click.FloatRange(0, 1))
+@click.option("--rate-limit-rate", default=0.0, type=click.FloatRange(0, 1))
+@click.option("--hang-rate", default=0.0, type=click.FloatRange(0, 1))
+@click.option("--malformed-rate", default=0.0, type=click.FloatRange(0, 1))
+@click.option("--lumina-fail-rate", default=0.0, type=click.FloatRange(0, 1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def sim(**options: Any) -> None:
+    """Serve the simulated image API (OpenAI-compatible + lumina queue) on loopback."""
+    from runner.logs import setup_logging
+    from workers.sim.app import run as run_sim
+    from workers.sim.config import SimConfig
+
+    setup_logging("INFO")
+    run_sim(SimConfig(**options))
 
 
 def _exit_on_sigterm() -> None:

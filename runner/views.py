@@ -120,3 +120,27 @@ def task_detail(task: Mapping[str, Any], now: datetime | None = None) -> Rendera
             )
         parts.append(failures)
     return Group(*parts)
+
+
+def errors_table(rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> Table:
+    """The `imgrun errors` table: aggregated failures, most frequent first."""
+    table = Table(title="errors", title_justify="left")
+    for column, justify in (
+        ("count", "right"),
+        ("type", "left"),
+        ("message", "left"),
+        ("pool", "left"),
+        ("first", "right"),
+        ("last", "right"),
+    ):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(
+            str(row["count"]),
+            row["error_type"],
+            row["error_message"],
+            row["pool"] or "-",
+            age(row["first_occurred_at"], now),
+            age(row["last_occurred_at"], now),
+        )
+    return table

