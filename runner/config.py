@@ -53,6 +53,8 @@ class ProviderSettings(_Strict):
     api_key_env: str | None = None
     model: str | None = None
     timeout: float = Field(default=120.0, gt=0)
+    request_attempts: int = Field(default=4, ge=1, le=20)  # tries of one HTTP step per attempt
+    request_retry_wait: float = Field(default=0.5, ge=0)  # seconds before the first re-try
 
     @property
     def extra(self) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class Executor:
         self._outcomes: list[Outcome] = []
         self._errors: list[ErrorRecord] = []
         self._flush_wakeup = Wakeup()
+        self._flush_lock = anyio.Lock()
         self._idle_wakeup = Wakeup()
         self._in_flight: dict[int, ClaimedSubtask] = {}
         self._canceled_tasks: set[int] = set()
@@ -277,15 +278,29 @@ class Executor:
             await self._flush()
 
     async def _flush(self) -> None:
-        outcomes, self._outcomes = self._outcomes, []
-        errors, self._errors = self._errors, []
-        if outcomes:
-            await queries.apply_outcomes(self.engine, outcomes)
-        if errors:
-            for kind, message in await queries.record_errors(self.engine, errors):
-                log.warning("new error: %s: %s", kind, message)
+        async with self._flush_lock:
+            outcomes, self._outcomes = self._outcomes, []
+            errors, self._errors = self._errors, []
+            # Shielded: records taken from the buffers must reach the database even when
+            # shutdown cancels the flush loop mid-write.
+            with anyio.CancelScope(shield=True):
+                if outcomes:
+                    await queries.apply_outcomes(self.engine, outcomes)
+                if errors:
+                    for kind, message in await queries.record_errors(self.engine, errors):
+                        log.warning("new error: %s: %s", kind, message)
         if outcomes:
             self._idle_wakeup.notify()
+
+    @property
+    def _busy(self) -> bool:
+        """Work in flight or not yet recorded."""
+        return bool(
+            any(p.running for p in self.pools.values())
+            or self._outcomes
+            or self._errors
+            or self._flush_lock.locked()
+        )
 
     # --- periodic duties -----------------------------------------------------
 
@@ -331,8 +346,7 @@ class Executor:
     async def _idle_loop(self) -> None:
         while not self.stop_requested.is_set():
             await self._idle_wakeup.wait(self.settings.poll_interval)
-            busy = any(p.running for p in self.pools.values()) or self._outcomes
-            if busy:
+            if self._busy:
                 continue
             if not await queries.wait_for_work_exists(self.engine, list(self.pools)):
                 log.info("nothing pending, processing or waiting to retry: stopping")

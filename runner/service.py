@@ -25,6 +25,7 @@ from workers.providers.base import QueueProvider, StandardProvider
 from workers.providers.config import ProviderConfig, ProviderConfigError
 from workers.providers.factory import build_provider
 from workers.providers.http import make_session
+from workers.providers.retry import RetryPolicy
 from workers.standard import run_standard
 from workers.storage import ImageStore
 from workers.types import ImageRequest, WorkResult
@@ -58,18 +59,23 @@ class Providers:
         self._standard: dict[str, StandardProvider] = {}
         self._queue: dict[str, QueueProvider] = {}
 
-    def _settings(self, name: str) -> tuple[ProviderConfig, str | None]:
+    def _settings(self, name: str) -> tuple[ProviderConfig, str | None, RetryPolicy]:
         settings = self.config.providers.get(name)
         if settings is None:
             raise PermanentError(f"provider {name!r} is not configured on this runner")
-        return provider_config(name, settings), self.env.api_key(settings)
+        retry = RetryPolicy(
+            attempts=settings.request_attempts, wait_initial=settings.request_retry_wait
+        )
+        return provider_config(name, settings), self.env.api_key(settings), retry
 
     def standard(self, name: str) -> StandardProvider:
         """The adapter serving the standard pool; PermanentError if there is none."""
         if name not in self._standard:
-            config, key = self._settings(name)
+            config, key, retry = self._settings(name)
             try:
-                self._standard[name] = build_provider(config, self.session, api_key=key)
+                self._standard[name] = build_provider(
+                    config, self.session, api_key=key, retry=retry
+                )
             except ProviderConfigError as exc:
                 raise PermanentError(str(exc)) from None
         return self._standard[name]
@@ -77,9 +83,11 @@ class Providers:
     def queue(self, name: str) -> QueueProvider:
         """The adapter serving the lumina pool; PermanentError if there is none."""
         if name not in self._queue:
-            config, key = self._settings(name)
+            config, key, retry = self._settings(name)
             try:
-                self._queue[name] = build_provider(config, self.session, api_key=key, pool="lumina")
+                self._queue[name] = build_provider(
+                    config, self.session, api_key=key, pool="lumina", retry=retry
+                )
             except ProviderConfigError as exc:
                 raise PermanentError(str(exc)) from None
         return self._queue[name]

@@ -1,0 +1,208 @@
+"""Runner fixtures: an in-process sim on a free loopback port, configs, runner processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.config import Config, Environment, load_config
+from tests.conftest import IMGRUN
+from workers.sim.app import RunningSim, running
+from workers.sim.config import SimConfig
+
+# Small intervals so the tests see several heartbeats, ticks and polls in seconds.
+FAST = {
+    "runner": {
+        "heartbeat_interval": 0.3,
+        "lease": 3.0,
+        "poll_interval": 0.5,
+        "retry_base": 0.2,
+        "shutdown_grace": 10.0,
+    },
+    "pools": {"lumina": {"polling_interval": 0.1, "timeout": 30}},
+}
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, every: float = 0.05
+) -> None:
+    """Poll `condition` until true; fail the test at the deadline."""
+    with anyio.fail_after(timeout):
+        while not await condition():
+            await anyio.sleep(every)
+
+
+async def sim_stats(sim: RunningSim) -> dict[str, Any]:
+    """What actually reached the backend."""
+    async with aiohttp.ClientSession() as session, session.get(f"{sim.url}/_sim/stats") as r:
+        return dict(await r.json())
+
+
+@pytest.fixture
+def start_sim() -> Callable[..., Any]:
+    """`async with start_sim(**SimConfig fields) as sim` on a free port."""
+
+    def start(**fields: Any) -> Any:
+        return running(SimConfig(port=0, **{"service_ms": 0.0, **fields}))
+
+    return start
+
+
+@pytest.fixture
+async def sim(start_sim: Callable[..., Any]) -> AsyncIterator[RunningSim]:
+    """A fault-free, instant sim."""
+    async with start_sim() as server:
+        yield server
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge (extra wins)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = (
+            deep_merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
+def runner_settings(sim_url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Config overrides: the sim as provider `sim`, fast intervals, plus `extra`."""
+    base = deep_merge(
+        FAST, {"providers": {"sim": {"type": "sim", "base_url": sim_url, "request_attempts": 1}}}
+    )
+    return deep_merge(base, extra or {})
+
+
+def make_config(
+    tmp_path: Path, database_url: str, settings: dict[str, Any]
+) -> tuple[Config, Environment]:
+    """An in-process config + environment for `runner.service.serve`."""
+    env = Environment(
+        home=tmp_path / "home",
+        config_path=tmp_path / "none.toml",
+        database_url=database_url,
+        secrets={},
+    )
+    settings = deep_merge(settings, {"runner": {"output_dir": str(tmp_path / "out")}})
+    return load_config(env, settings), env
+
+
+def write_toml(path: Path, settings: dict[str, Any]) -> None:
+    """Write nested settings as TOML (tables of scalars only)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for key, value in scalars.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(f"{prefix}.{key}" if prefix else key, value)
+
+    emit("", settings)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def process_env(
+    cli_env: dict[str, str], tmp_path: Path, database_url: str, settings: dict[str, Any]
+) -> dict[str, str]:
+    """Environment for a runner subprocess with `settings` in its config file."""
+    settings = deep_merge(settings, {"runner": {"output_dir": str(tmp_path / "out")}})
+    write_toml(Path(cli_env["IMGRUN_CONFIG"]), settings)
+    return {**cli_env, "IMGRUN_DATABASE_URL": database_url}
+
+
+def runner_command(*args: str) -> list[str]:
+    """`imgrun run …` as a process."""
+    return [*IMGRUN, "run", "--log-format", "json", *args]
+
+
+async def status_counts(engine: AsyncEngine) -> dict[str, int]:
+    """Subtasks by status."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT status, count(*) FROM subtasks GROUP BY status")
+        )
+        return {status: int(count) for status, count in rows.all()}
+
+
+async def submit(
+    engine: AsyncEngine,
+    *,
+    name: str = "t",
+    n: int = 10,
+    priority: int = 1,
+    pool: str = "standard",
+    provider: str = "sim",
+    max_retries: int = 3,
+    prompt: str = "a {x}",
+) -> int:
+    """Queue a task of `n` subtasks through the same path as `imgrun submit`."""
+    from db.queries import NewTask, submit_task
+    from runner.spec import expand, parse_spec
+
+    spec = parse_spec(
+        {
+            "name": name,
+            "prompts": [prompt],
+            "variables": {"x": [f"v{i}" for i in range(n)]},
+            "pool": pool,
+            "provider": provider,
+            "priority": priority,
+            "seed": 1,
+            "max_retries": max_retries,
+        }
+    )
+    expansion = expand(spec, max_subtasks=1_000_000)
+    task = NewTask(
+        name=name,
+        user_id="test",
+        pool=pool,
+        provider=provider,
+        priority=priority,
+        prompts=list(spec.prompts),
+        variables={"x": [f"v{i}" for i in range(n)]},
+        ratio="1:1",
+        seed=1,
+        batch_size=1,
+        polish=False,
+        max_retries=max_retries,
+        total_subtasks=n,
+        total_images=n,
+    )
+    return await submit_task(engine, task, expansion.rows())
+
+
+@pytest.fixture
+async def aiohttp_server_factory() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Serve a single handler for every path on a free loopback port; returns its base URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()
