@@ -1,0 +1,55 @@
+"""Small builders shared by the workers tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from workers.providers import (
+    ProviderConfig,
+    QueueProvider,
+    RetryPolicy,
+    StandardProvider,
+    build_provider,
+)
+from workers.sim import RunningSim
+from workers.types import ImageRequest
+
+
+def request(subtask_id: int = 1, **overrides: Any) -> ImageRequest:
+    """An ImageRequest with test defaults."""
+    fields: dict[str, Any] = {
+        "task_id": 10,
+        "subtask_id": subtask_id,
+        "attempt": 0,
+        "prompt": "a fox in a beret",
+        "seed": 42,
+        **overrides,
+    }
+    return ImageRequest(**fields)
+
+
+def standard(
+    sim: RunningSim,
+    session: aiohttp.ClientSession,
+    retry: RetryPolicy,
+    *,
+    timeout: float = 5.0,
+    api_key: str | None = None,
+) -> StandardProvider:
+    """The sim's standard-pool adapter."""
+    config = ProviderConfig(name="sim", type="sim", base_url=sim.url, timeout=timeout)
+    return build_provider(config, session, api_key=api_key, pool="standard", retry=retry)
+
+
+def queue(
+    sim: RunningSim,
+    session: aiohttp.ClientSession,
+    retry: RetryPolicy,
+    *,
+    timeout: float = 5.0,
+) -> QueueProvider:
+    """The sim's lumina-pool adapter."""
+    config = ProviderConfig(name="sim", type="sim", base_url=sim.url, timeout=timeout)
+    return build_provider(config, session, api_key=None, pool="lumina", retry=retry)

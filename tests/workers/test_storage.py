@@ -1,0 +1,74 @@
+"""Image storage: layout, atomic writes, sha256, sizes, and no user text in paths."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from workers.errors import TransientError
+from workers.sim.render import render_png
+from workers.storage import ImageStore
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_layout_hash_and_size(tmp_path: Path) -> None:
+    """<root>/<task>/<subtask>-<n>.png, sha256 of the bytes, Pillow-read width/height."""
+    images = [render_png("a", 1, n, 20, 10) for n in range(2)]
+    stored = await ImageStore(tmp_path).save(3, 44, images)
+    assert [Path(s.path) for s in stored] == [tmp_path / "3" / f"44-{n}.png" for n in range(2)]
+    for image, data in zip(stored, images, strict=True):
+        assert Path(image.path).read_bytes() == data
+        assert image.sha256 == hashlib.sha256(data).hexdigest()
+        assert (image.bytes, image.width, image.height) == (len(data), 20, 10)
+    assert sorted(p.name for p in (tmp_path / "3").iterdir()) == ["44-0.png", "44-1.png"]
+
+
+async def test_rewrite_replaces_whole_file(tmp_path: Path) -> None:
+    """A second attempt overwrites atomically; no temp files are left behind."""
+    store = ImageStore(tmp_path, fsync=True)
+    await store.save(1, 1, [render_png("a", 1, 0, 8, 8)])
+    second = await store.save(1, 1, [render_png("b", 1, 0, 9, 9)])
+    assert (second[0].width, Path(second[0].path).read_bytes()) == (9, render_png("b", 1, 0, 9, 9))
+    assert [p.name for p in (tmp_path / "1").iterdir()] == ["1-0.png"]
+
+
+async def test_other_formats_become_png(tmp_path: Path) -> None:
+    """A JPEG from a provider is stored as PNG (the file name says .png)."""
+    out = io.BytesIO()
+    Image.new("RGB", (5, 7), "red").save(out, "JPEG")
+    stored = await ImageStore(tmp_path).save(1, 2, [out.getvalue()])
+    with Image.open(stored[0].path) as image:
+        assert (image.format, image.size) == ("PNG", (5, 7))
+
+
+async def test_garbage_is_transient(tmp_path: Path) -> None:
+    """Undecodable bytes are a retryable provider fault, and nothing is written."""
+    with pytest.raises(TransientError, match="unreadable image"):
+        await ImageStore(tmp_path).save(1, 2, [b"<html>oops</html>"])
+    assert list((tmp_path / "1").iterdir()) == []
+
+
+async def test_empty_batch_writes_nothing(tmp_path: Path) -> None:
+    """The null provider's empty result creates no folder."""
+    assert await ImageStore(tmp_path).save(1, 2, []) == []
+    assert not (tmp_path / "1").exists()
+
+
+@given(bad=st.one_of(st.text(), st.integers(max_value=-1), st.booleans(), st.floats()))
+async def test_only_plain_ints_reach_paths(
+    bad: object, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Strings ("../x"), negatives, bools and floats are refused before any path is built."""
+    root = tmp_path_factory.mktemp("store")
+    with pytest.raises(ValueError, match="non-negative int"):
+        await ImageStore(root).save(bad, 1, [b""])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-negative int"):
+        await ImageStore(root).save(1, bad, [b""])  # type: ignore[arg-type]
+    assert list(root.iterdir()) == []
