@@ -74,6 +74,7 @@ class RunnerSettings(_Strict):
     rate_limit_deferrals: int = Field(default=50, ge=0)
     output_dir: str | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # loopback unless you mean to expose it
     shutdown_grace: float = Field(default=30.0, ge=0)
 
 

@@ -18,9 +18,10 @@ from db.queries import ClaimedSubtask, ErrorRecord, Outcome
 from runner.backoff import RetryPolicy, decide_failure
 from runner.config import PoolConfig, RunnerSettings
 from runner.fingerprint import error_type, fingerprint, redact
+from runner.metrics import Metrics
 from runner.pool import Pool, Wakeup
-from runner.scaling import PressureKind
-from workers.errors import ProviderError, ProviderTimeout, RateLimited
+from runner.scaling import Decision, PressureKind
+from workers.errors import Canceled, ProviderError, ProviderTimeout, RateLimited
 from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Executor:
         *,
         secrets: tuple[str, ...] = (),
         until_idle: bool = False,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -67,6 +69,7 @@ class Executor:
         self.work = work
         self.secrets = secrets
         self.until_idle = until_idle
+        self.metrics = metrics or Metrics()
         self.stop_requested = anyio.Event()
         self._outcomes: list[Outcome] = []
         self._errors: list[ErrorRecord] = []
@@ -158,6 +161,7 @@ class Executor:
                 self.engine, pool.name, free, self.executor_id, self.settings.lease
             )
             assert self._work_group is not None
+            self.metrics.claims.labels(pool.name).inc(len(rows))
             for row in rows:
                 token = object()
                 pool.limiter.acquire_on_behalf_of_nowait(token)
@@ -198,6 +202,9 @@ class Executor:
             # Shutdown past the grace period: back to pending, attempt not counted.
             self._record(Outcome(row.id, row.attempts, "release", self.executor_id))
             raise
+        except Canceled:
+            # The task was canceled while this attempt ran: stop here, nothing failed.
+            self._record(Outcome(row.id, row.attempts, "canceled", self.executor_id))
         except ProviderError as exc:
             self._on_failure(pool, row, exc, traceback_text=None)
         except Exception as exc:
@@ -205,8 +212,11 @@ class Executor:
             log.exception("unexpected error running subtask %d", row.id)
             self._on_failure(pool, row, exc, traceback_text=traceback.format_exc())
         else:
+            elapsed = self.clock() - started
             pool.window.completed += 1
-            pool.window.latencies.append(self.clock() - started)
+            pool.window.latencies.append(elapsed)
+            self.metrics.completions.labels(pool.name, row.provider).inc()
+            self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
             self._record(
                 Outcome(
                     row.id, row.attempts, "completed", self.executor_id, result=result.to_json()
@@ -240,6 +250,7 @@ class Executor:
         if not rate_limited:
             pool.window.failures += 1
         kind = {"retry": "retry", "defer": "defer", "fail": "failed"}[decision.action]
+        self.metrics.failures.labels(pool.name, row.provider, kind).inc()
         error = f"{error_type(exc)}: {message}"
         self._record(
             Outcome(row.id, row.attempts, kind, self.executor_id, error=error, delay=decision.delay)
@@ -262,8 +273,16 @@ class Executor:
             decision = pool.policy.on_pressure("timeout", None, self.clock())
         else:
             return
+        self._adopt(pool, decision)
+
+    def _adopt(self, pool: Pool, decision: Decision) -> None:
+        before = int(pool.limiter.total_tokens)
         if pool.apply(decision, time.time()):
-            log.info("pool %s: limit %d (%s)", pool.name, decision.limit, decision.reason)
+            direction = "up" if decision.limit > before else "down"
+            self.metrics.scaling.labels(pool.name, direction).inc()
+            log.info(
+                "pool %s: limit %d -> %d (%s)", pool.name, before, decision.limit, decision.reason
+            )
 
     # --- recording -----------------------------------------------------------
 
@@ -334,13 +353,8 @@ class Executor:
                 pool.pending = pending.get(pool.name, 0)
                 signals = pool.window.signals(pool.pending, pool.running)
                 pool.window = type(pool.window)()
-                if pool.apply(pool.policy.tick(signals, now), time.time()):
-                    log.info(
-                        "pool %s: limit %d (%s)",
-                        pool.name,
-                        pool.policy.limit,
-                        pool.history[-1]["reason"],
-                    )
+                self._adopt(pool, pool.policy.tick(signals, now))
+            self.metrics.observe_pools(self.snapshot())
             await anyio.sleep(tick)
 
     async def _idle_loop(self) -> None:

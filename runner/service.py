@@ -142,6 +142,35 @@ def make_identity(config: Config) -> Identity:
     return Identity(executor_id, config.runner.group, host, pid, version("imgrun"))
 
 
+async def _serve_metrics(executor: Executor, host: str, port: int) -> None:
+    """/metrics (Prometheus text format) and /healthz on loopback until cancelled."""
+    from aiohttp import web
+
+    async def metrics(_request: web.Request) -> web.Response:
+        executor.metrics.observe_pools(executor.snapshot())
+        return web.Response(
+            body=executor.metrics.exposition(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response(
+            {"executor_id": executor.executor_id, "stopping": executor.stop_requested.is_set()}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("metrics on http://%s:%d/metrics", host, runner.addresses[0][1])
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
 async def _signals(executor: Executor, scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
         async for signum in received:
@@ -184,6 +213,10 @@ async def serve(
             on_start(executor)
         async with anyio.create_task_group() as group:
             group.start_soon(_signals, executor, group.cancel_scope)
+            if config.runner.metrics_port is not None:
+                group.start_soon(
+                    _serve_metrics, executor, config.runner.metrics_host, config.runner.metrics_port
+                )
             await executor.run()
             group.cancel_scope.cancel()
     return executor
