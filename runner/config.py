@@ -157,11 +157,12 @@ class Environment(BaseModel):
         return self.secrets.get(settings.api_key_env) if settings.api_key_env else None
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def merge_settings(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested merge of settings tables; `override` wins."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -189,9 +190,9 @@ def load_config(env: Environment, overrides: Mapping[str, Any] | None = None) ->
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"config {env.config_path}: {exc}") from None
         # A [providers.X] table replaces nothing but X; pools merge key by key.
-        data = _merge(data, from_file)
+        data = merge_settings(data, from_file)
     if overrides:
-        data = _merge(data, overrides)
+        data = merge_settings(data, overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

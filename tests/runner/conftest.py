@@ -14,7 +14,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.config import Config, Environment, load_config
+from runner.config import Config, Environment, load_config, merge_settings
 from tests.conftest import IMGRUN
 from workers.sim.app import RunningSim, running
 from workers.sim.config import SimConfig
@@ -64,24 +64,12 @@ async def sim(start_sim: Callable[..., Any]) -> AsyncIterator[RunningSim]:
         yield server
 
 
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict merge (extra wins)."""
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = (
-            deep_merge(merged[key], value)
-            if isinstance(value, dict) and isinstance(merged.get(key), dict)
-            else value
-        )
-    return merged
-
-
 def runner_settings(sim_url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Config overrides: the sim as provider `sim`, fast intervals, plus `extra`."""
-    base = deep_merge(
+    base = merge_settings(
         FAST, {"providers": {"sim": {"type": "sim", "base_url": sim_url, "request_attempts": 1}}}
     )
-    return deep_merge(base, extra or {})
+    return merge_settings(base, extra or {})
 
 
 def make_config(
@@ -94,7 +82,7 @@ def make_config(
         database_url=database_url,
         secrets={},
     )
-    settings = deep_merge(settings, {"runner": {"output_dir": str(tmp_path / "out")}})
+    settings = merge_settings(settings, {"runner": {"output_dir": str(tmp_path / "out")}})
     return load_config(env, settings), env
 
 
@@ -120,7 +108,7 @@ def process_env(
     cli_env: dict[str, str], tmp_path: Path, database_url: str, settings: dict[str, Any]
 ) -> dict[str, str]:
     """Environment for a runner subprocess with `settings` in its config file."""
-    settings = deep_merge(settings, {"runner": {"output_dir": str(tmp_path / "out")}})
+    settings = merge_settings(settings, {"runner": {"output_dir": str(tmp_path / "out")}})
     write_toml(Path(cli_env["IMGRUN_CONFIG"]), settings)
     return {**cli_env, "IMGRUN_DATABASE_URL": database_url}
 
