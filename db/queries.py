@@ -227,6 +227,7 @@ class Outcome:
     result: dict[str, Any] | None = None
     error: str | None = None
     delay: float = 0.0
+    reset_job: bool = False  # the async job is dead: the next attempt submits a new one
 
 
 APPLY_OUTCOMES = text(
@@ -235,12 +236,12 @@ APPLY_OUTCOMES = text(
         SELECT * FROM unnest(
             CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:kinds AS text[]),
             CAST(:executors AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
-            CAST(:delays AS float8[])
-        ) AS i(id, attempt, kind, executor_id, result, error, delay)
+            CAST(:delays AS float8[]), CAST(:resets AS bool[])
+        ) AS i(id, attempt, kind, executor_id, result, error, delay, reset_job)
     ), fenced AS (
         -- Only the lease holder may move a row on: a reaped and re-claimed subtask has
         -- another executor or attempt number, and the stale outcome is dropped.
-        SELECT s.id, i.kind, i.result, i.error, i.delay,
+        SELECT s.id, i.kind, i.result, i.error, i.delay, i.reset_job,
                -- Work still to do on a canceled task stops here.
                CASE WHEN t.status = 'canceled' AND i.kind IN ('retry', 'defer', 'release')
                     THEN 'canceled' ELSE i.kind END AS effective
@@ -256,6 +257,7 @@ APPLY_OUTCOMES = text(
                           THEN f.effective ELSE 'pending' END,
             result = coalesce(CAST(f.result AS jsonb), s.result),
             error = coalesce(f.error, s.error),
+            external_id = CASE WHEN f.reset_job THEN NULL ELSE s.external_id END,
             retry_count = s.retry_count + (f.effective = 'retry')::int,
             deferrals = s.deferrals + (f.effective = 'defer')::int,
             attempts = s.attempts - (f.effective = 'release')::int,
@@ -310,6 +312,7 @@ async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> in
         "results": [json.dumps(o.result) if o.result is not None else None for o in outcomes],
         "errors": [o.error for o in outcomes],
         "delays": [o.delay for o in outcomes],
+        "resets": [o.reset_job for o in outcomes],
     }
     async with engine.begin() as connection:
         rows = (await connection.execute(APPLY_OUTCOMES, params)).all()
@@ -618,3 +621,45 @@ async def retry_task(engine: AsyncEngine, task_id: int) -> dict[str, Any] | None
             )
             await _wake(connection, row.pool)
         return {"task_id": task_id, "requeued": requeued}
+
+
+async def demo_report(engine: AsyncEngine, task_ids: Sequence[int]) -> dict[str, Any]:
+    """Tasks, image paths, retry and deferral totals, and errors of the given tasks."""
+    ids = {"ids": list(task_ids)}
+    async with engine.connect() as connection:
+        tasks = await connection.execute(
+            select(*TASK_LIST_COLUMNS).where(Task.id.in_(task_ids)).order_by(Task.id)
+        )
+        paths = await connection.execute(
+            text(
+                "SELECT image->>'path' FROM subtasks,"
+                " jsonb_array_elements(result->'images') AS image"
+                " WHERE task_id = ANY(CAST(:ids AS bigint[])) AND status = 'completed'"
+                " ORDER BY task_id, ordinal"
+            ),
+            ids,
+        )
+        totals = (
+            await connection.execute(
+                text(
+                    "SELECT coalesce(sum(retry_count), 0), coalesce(sum(deferrals), 0)"
+                    " FROM subtasks WHERE task_id = ANY(CAST(:ids AS bigint[]))"
+                ),
+                ids,
+            )
+        ).one()
+        errors = await connection.execute(
+            text(
+                "SELECT e.error_type, e.error_message, e.count FROM error_logs e"
+                " JOIN subtasks s ON s.id = e.last_subtask_id"
+                " WHERE s.task_id = ANY(CAST(:ids AS bigint[])) ORDER BY e.count DESC LIMIT 5"
+            ),
+            ids,
+        )
+        return {
+            "tasks": [dict(r) for r in tasks.mappings()],
+            "images": [row[0] for row in paths.all()],
+            "retries": int(totals[0]),
+            "deferrals": int(totals[1]),
+            "errors": [dict(r) for r in errors.mappings()],
+        }

@@ -21,7 +21,7 @@ from runner.fingerprint import error_type, fingerprint, redact
 from runner.metrics import Metrics
 from runner.pool import Pool, Wakeup
 from runner.scaling import Decision, PressureKind
-from workers.errors import Canceled, ProviderError, ProviderTimeout, RateLimited
+from workers.errors import Canceled, JobFailed, ProviderError, ProviderTimeout, RateLimited
 from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,19 @@ class Executor:
         kind = {"retry": "retry", "defer": "defer", "fail": "failed"}[decision.action]
         self.metrics.failures.labels(pool.name, row.provider, kind).inc()
         error = f"{error_type(exc)}: {message}"
+        # A failed or timed-out async job is gone; any other failure (a lost fetch, a
+        # crash) leaves it running at the provider, to be resumed rather than paid twice.
+        reset_job = row.pool == "lumina" and isinstance(exc, JobFailed | ProviderTimeout)
         self._record(
-            Outcome(row.id, row.attempts, kind, self.executor_id, error=error, delay=decision.delay)
+            Outcome(
+                row.id,
+                row.attempts,
+                kind,
+                self.executor_id,
+                error=error,
+                delay=decision.delay,
+                reset_job=reset_job,
+            )
         )
         trace = redact(traceback_text, self.secrets) if traceback_text else None
         self._errors.append(

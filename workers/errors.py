@@ -30,6 +30,10 @@ class TransientError(ProviderError):
     """A failure worth another attempt: connection error, 5xx, malformed body."""
 
 
+class JobFailed(TransientError):
+    """The provider ran the async job and it failed; another attempt must submit a new job."""
+
+
 class ProviderTimeout(TransientError):
     """The provider did not answer (or the job did not finish) in time."""
 

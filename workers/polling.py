@@ -11,6 +11,7 @@ import anyio
 
 from workers.errors import (
     Canceled,
+    JobFailed,
     PermanentError,
     ProviderTimeout,
     RateLimited,
@@ -66,7 +67,7 @@ async def run_polling(
     )
     if status.state == "failed":
         message = f"job {external_id} failed: {status.error or 'no reason given'}"
-        raise TransientError(message) if status.retryable else PermanentError(message)
+        raise JobFailed(message) if status.retryable else PermanentError(message)
     if status.state == "canceled":
         raise Canceled(f"job {external_id} was canceled by the provider")
     images = await provider.fetch(external_id, status)

@@ -139,14 +139,15 @@ async def submit(
     prompt: str = "a {x}",
 ) -> int:
     """Queue a task of `n` subtasks through the same path as `imgrun submit`."""
-    from db.queries import NewTask, submit_task
     from runner.spec import expand, parse_spec
+    from runner.submit import submit as submit_expansion
 
+    variables = {"x": [f"v{i}" for i in range(n)]}
     spec = parse_spec(
         {
             "name": name,
             "prompts": [prompt],
-            "variables": {"x": [f"v{i}" for i in range(n)]},
+            "variables": variables,
             "pool": pool,
             "provider": provider,
             "priority": priority,
@@ -154,24 +155,7 @@ async def submit(
             "max_retries": max_retries,
         }
     )
-    expansion = expand(spec, max_subtasks=1_000_000)
-    task = NewTask(
-        name=name,
-        user_id="test",
-        pool=pool,
-        provider=provider,
-        priority=priority,
-        prompts=list(spec.prompts),
-        variables={"x": [f"v{i}" for i in range(n)]},
-        ratio="1:1",
-        seed=1,
-        batch_size=1,
-        polish=False,
-        max_retries=max_retries,
-        total_subtasks=n,
-        total_images=n,
-    )
-    return await submit_task(engine, task, expansion.rows())
+    return await submit_expansion(engine, expand(spec, max_subtasks=1_000_000), "test")
 
 
 @pytest.fixture

@@ -205,3 +205,21 @@ async def test_cancel_stops_pending_work(
     assert task["status"] == "canceled"
     assert task["completed_subtasks"] == counts.get("completed", 0)
     assert task["canceled_subtasks"] == counts["canceled"]
+
+
+async def test_failed_lumina_job_is_resubmitted_on_retry(
+    engine: AsyncEngine, start_sim: Any, tmp_path: Path, database_url: str
+) -> None:
+    """A job that fails at the provider is not polled again: each retry submits a new job."""
+    async with start_sim(lumina_fail_rate=0.5, seed=3) as sim:
+        await submit(engine, n=8, pool="lumina", max_retries=20)
+        settings = runner_settings(sim.url, {"runner": {"retry_base": 0.02}})
+        await run_until_idle(engine, tmp_path, database_url, settings)
+        stats = await sim_stats(sim)
+
+    assert await status_counts(engine) == {"completed": 8}
+    subtasks = await rows(engine, "SELECT id, retry_count, external_id FROM subtasks")
+    assert sum(s["retry_count"] for s in subtasks) > 0, "the seed must make some jobs fail"
+    for s in subtasks:
+        assert stats["submissions_by_subtask"][str(s["id"])] == s["retry_count"] + 1
+    assert len({s["external_id"] for s in subtasks}) == 8
