@@ -1,0 +1,166 @@
+"""load_status reads exact numbers from a seeded database, cheaply and consistently."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db.status import load_status
+from tests.status.conftest import Seeded
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_pools_are_summed_over_live_runners_with_pending_from_counters(
+    engine: AsyncEngine, seeded: Seeded
+) -> None:
+    """Limits/running from live heartbeats only; pending = counters' remaining − in flight."""
+    snapshot = await load_status(engine, now=seeded.now)
+    pools = {p.name: p for p in snapshot.pools}
+    standard, lumina = pools["standard"], pools["lumina"]
+
+    # runner-live + runner-two; the stale runner's 99s are ignored.
+    assert (standard.limit, standard.max, standard.running) == (25, 100, 3)
+    assert (lumina.limit, lumina.max, lumina.running) == (6, 40, 0)
+    assert standard.executors == lumina.executors == 2
+    # alpha 5 remaining + waiting 5, minus alpha's 2 in flight; the canceled task's
+    # in-flight subtask is not part of any active task's remaining.
+    assert standard.pending == 8
+    assert standard.processing == 3
+    assert lumina.pending == 4
+    assert lumina.processing == 0
+    assert standard.claimable == 8  # from the freshest runner's own count
+    assert standard.policy == "adaptive/queue-depth"
+    assert (standard.paused_for, lumina.paused_for) == (0, 3.5)
+
+
+async def test_scaling_decisions_merged_newest_first_and_limit_history(
+    engine: AsyncEngine, seeded: Seeded
+) -> None:
+    """Every live runner's history, newest first with its executor id; Σ limit over time."""
+    snapshot = await load_status(engine, now=seeded.now)
+    pools = {p.name: p for p in snapshot.pools}
+    lumina = pools["lumina"]
+    assert [(d.executor_id, d.limit) for d in lumina.decisions] == [
+        ("runner-live", 4),
+        ("runner-live", 2),
+    ]
+    assert lumina.decisions[1].reason.startswith("rate_limited: 4 → 2")
+    assert lumina.decisions[0].at == seeded.now - timedelta(seconds=30)
+
+    # 30 samples over 10 minutes. standard: 10 + 10 until runner-live's scale-up 300 s ago.
+    standard = pools["standard"].limit_history
+    assert len(standard) == 30
+    assert standard[:15] == (20,) * 15
+    assert standard[15:] == (25,) * 15
+    # lumina: 4 + 2, except between the cut (60 s ago) and the recovery (30 s ago).
+    assert lumina.limit_history == (6,) * 27 + (4,) + (6,) * 2
+
+
+async def test_throughput_and_eta_from_the_completion_window(
+    engine: AsyncEngine, seeded: Seeded
+) -> None:
+    """Only completions inside each window count, weighted by the task's batch size."""
+    t = (await load_status(engine, now=seeded.now)).throughput
+    # last minute: alpha's 30 s (2 images) + lumina's 10 s (1 image).
+    assert t.images_per_min_1m == 3.0
+    assert t.subtasks_per_min_1m == 2.0
+    # last 5 min: alpha 30/90/200 s (6 images) + lumina 10/100 s (2) = 8 images / 5 min.
+    assert t.images_per_min_5m == 1.6
+    assert t.subtasks_per_min_5m == 1.0
+    # alpha 5 × 2 + lumina 4 × 1 + waiting 5 × 1 images still to make.
+    assert t.remaining_images == 19
+    assert t.eta_seconds == pytest.approx(19 * 60 / 1.6)
+
+
+async def test_tasks_by_priority_with_rates_and_recent_ones(
+    engine: AsyncEngine, seeded: Seeded
+) -> None:
+    """Active tasks by priority desc then id with per-task rate and ETA; then the finished."""
+    snapshot = await load_status(engine, now=seeded.now)
+    assert snapshot.active_tasks == 3
+    assert [t.name for t in snapshot.tasks] == ["lumina posters", "alpha portraits", "waiting task"]
+    lumina, alpha, waiting = snapshot.tasks
+    assert (alpha.completed, alpha.failed, alpha.canceled, alpha.total) == (4, 1, 0, 10)
+    assert alpha.rate_per_min == 0.6  # 3 in the 5-minute window
+    assert alpha.eta_seconds == pytest.approx(5 * 60 / 0.6)
+    # lumina started 2 minutes ago: its 2 completions are over 120 s, not 300 s.
+    assert lumina.rate_per_min == 1.0
+    assert lumina.eta_seconds == pytest.approx(240.0)
+    assert waiting.rate_per_min == 0.0
+    assert waiting.eta_seconds is None
+    assert [(t.name, t.status) for t in snapshot.recent] == [
+        ("canceled job", "canceled"),
+        ("finished batch", "completed"),
+    ]
+    assert snapshot.recent[1].eta_seconds is None
+
+
+async def test_errors_and_executors_with_the_stale_one_flagged(
+    engine: AsyncEngine, seeded: Seeded
+) -> None:
+    """Top errors by count; running-but-silent executors flagged; old stopped ones hidden."""
+    snapshot = await load_status(engine, now=seeded.now)
+    assert [(e.error_type, e.count) for e in snapshot.errors] == [
+        ("TimeoutError", 12),
+        ("ProviderError", 7),
+        ("ContentPolicy", 1),
+    ]
+    assert snapshot.errors[1].last_seen == seeded.now - timedelta(seconds=10)
+    executors = {e.id: e for e in snapshot.executors}
+    assert set(executors) == {"runner-live", "runner-two", "runner-stale", "runner-old"}
+    assert {e.id for e in snapshot.executors if e.stale} == {"runner-stale"}
+    assert executors["runner-live"].heartbeat_age == 2.0
+    assert executors["runner-stale"].heartbeat_age == 60.0
+    assert not executors["runner-old"].stale  # stopped cleanly: not stale, just stopped
+    assert executors["runner-live"].host == "host-runner-live"
+
+
+async def test_a_stale_threshold_can_be_tightened(engine: AsyncEngine, seeded: Seeded) -> None:
+    """With a 3 s threshold runner-two (5 s) is stale too and drops out of the sums."""
+    snapshot = await load_status(engine, now=seeded.now, stale_after=3.0)
+    assert {e.id for e in snapshot.executors if e.stale} == {"runner-two", "runner-stale"}
+    standard = next(p for p in snapshot.pools if p.name == "standard")
+    assert (standard.limit, standard.executors) == (15, 1)
+
+
+async def test_snapshot_is_json_and_defaults_to_the_database_clock(
+    engine: AsyncEngine, seeded: Seeded
+) -> None:
+    """to_json() survives json.dumps; without `now` the database's clock is used."""
+    snapshot = await load_status(engine)
+    assert snapshot.at >= seeded.now
+    data = json.loads(json.dumps(snapshot.to_json()))
+    assert data["tasks"][0]["name"] == "lumina posters"
+    assert {p["name"] for p in data["pools"]} == {"standard", "lumina"}
+    assert data["at"] == snapshot.at.isoformat()
+
+
+async def test_empty_database(engine: AsyncEngine) -> None:
+    """No tasks, no runners: zeros and no ETA, nothing raises."""
+    snapshot = await load_status(engine)
+    assert snapshot.active_tasks == 0
+    assert (snapshot.tasks, snapshot.recent, snapshot.errors, snapshot.executors) == ((),) * 4
+    assert all(p.limit == 0 and p.pending == 0 and p.claimable is None for p in snapshot.pools)
+    assert snapshot.throughput.eta_seconds == 0.0
+
+
+async def test_throughput_window_uses_the_partial_index(engine: AsyncEngine) -> None:
+    """The window query is a range scan of ix_subtasks_completed_at, never a subtasks scan."""
+    from db.status import QUERIES
+
+    async with engine.connect() as connection:
+        await connection.execute(text("SET enable_seqscan = off"))
+        now = (await connection.execute(text("SELECT now()"))).scalar_one()
+        plan = "\n".join(
+            row[0]
+            for row in await connection.execute(
+                text(f"EXPLAIN {QUERIES['window']}"),
+                {"now": now, "short_since": now, "long_since": now},
+            )
+        )
+    assert "ix_subtasks_completed_at" in plan
