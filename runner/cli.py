@@ -23,7 +23,8 @@ from db.engine import DatabaseURLError, database_url, open_engine
 from runner.config import Config, Environment, load_config
 from runner.errors import UserError
 from runner.spec import expand, load_spec
-from runner.views import errors_table, task_detail, tasks_table
+from runner.submit import submit as submit_expansion
+from runner.views import demo_summary, errors_table, task_detail, tasks_table
 
 T = TypeVar("T")
 
@@ -108,33 +109,17 @@ def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_jso
             out.print(f"  … and {expansion.total_subtasks - len(preview):,} more")
         return
 
-    task = queries.NewTask(
-        name=spec.name,
-        user_id=user_id or getpass.getuser(),
-        pool=expansion.pool,
-        provider=spec.provider,
-        priority=spec.priority,
-        prompts=list(spec.prompts),
-        variables={k: list(v) for k, v in spec.variables.items()},
-        ratio=spec.ratio,
-        seed=expansion.seed,
-        batch_size=spec.batch_size,
-        polish=spec.polish,
-        max_retries=spec.max_retries,
-        total_subtasks=expansion.total_subtasks,
-        total_images=expansion.total_images,
-    )
-    rows = expansion.rows()
+    user = user_id or getpass.getuser()
     show_bar = expansion.total_subtasks >= PROGRESS_THRESHOLD and not as_json
 
     async def write(engine: AsyncEngine) -> int:
         if not show_bar:
-            return await queries.submit_task(engine, task, rows)
+            return await submit_expansion(engine, expansion, user)
         columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn())
         with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
             job = bar.add_task("writing subtasks", total=expansion.total_subtasks)
-            return await queries.submit_task(
-                engine, task, rows, on_progress=lambda n: bar.advance(job, n)
+            return await submit_expansion(
+                engine, expansion, user, on_progress=lambda n: bar.advance(job, n)
             )
 
     task_id = app.with_engine(write)
@@ -312,6 +297,61 @@ def sim(**options: Any) -> None:
 
     setup_logging("INFO")
     run_sim(SimConfig(**options))
+
+
+@cli.command()
+@click.option("--live", is_flag=True, help="Keep refreshing until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON.")
+@click.option(
+    "--refresh",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    metavar="SECONDS",
+    help="Seconds between refreshes of the live view.",
+)
+@pass_app
+def status(app: App, live: bool, as_json: bool, refresh: float) -> None:
+    """Pools, throughput, ETA, task progress, top errors and runners (from the database)."""
+    from runner.status import show_status
+
+    if live and as_json:
+        raise UserError("status: --live and --json cannot be combined")
+    app.with_engine(lambda e: show_status(e, out, live=live, as_json=as_json, refresh=refresh))
+
+
+@cli.command()
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--service-ms",
+    type=click.FloatRange(0),
+    help="The simulated API's mean time per image [default: 600].",
+)
+@pass_app
+def demo(app: App, log_level: str, service_ms: float | None) -> None:
+    """Run the simulated API, the example tasks and a runner, with the live view, to completion."""
+    from runner.demo import run_demo
+    from runner.logs import setup_logging
+    from runner.status import watch
+
+    setup_logging(log_level, "rich" if out.is_terminal else "json", console=out)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the runner handles it from here on
+
+    async def main(engine: AsyncEngine) -> Any:
+        async def view(engine: AsyncEngine, done: anyio.Event) -> None:
+            await watch(engine, out, until=done)
+
+        return await run_demo(
+            engine, app.config, app.env, getpass.getuser(), view, service_ms=service_ms
+        )
+
+    summary = app.with_engine(main)
+    out.print(demo_summary(summary))
 
 
 def _exit_on_sigterm() -> None:

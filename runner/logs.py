@@ -6,7 +6,10 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 LogFormat = Literal["auto", "rich", "json"]
 
@@ -38,15 +41,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
-    """Configure the root logger once, to stderr."""
+def setup_logging(
+    level: str = "INFO", fmt: LogFormat = "auto", console: Console | None = None
+) -> None:
+    """Configure the root logger once, to stderr (or to `console`, when a live view owns it)."""
     if fmt == "auto":
-        fmt = "rich" if sys.stderr.isatty() else "json"
+        fmt = "rich" if (console or sys.stderr.isatty()) else "json"
     handler: logging.Handler
     if fmt == "rich":
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S")
+        # Logging through the live view's console lets rich print the lines above the view
+        # instead of corrupting it.
+        handler = RichHandler(
+            console=console, show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S"
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -144,3 +144,26 @@ def errors_table(rows: Sequence[Mapping[str, Any]], now: datetime | None = None)
             age(row["last_occurred_at"], now),
         )
     return table
+
+
+def demo_summary(summary: Any) -> RenderableType:
+    """What `imgrun demo` did: tasks, images and where they are, retries, errors, time."""
+    parts: list[RenderableType] = [tasks_table(summary.tasks)]
+    folders = sorted({str(path.parent) for path in summary.images})
+    lines = Table.grid(padding=(0, 2))
+    lines.add_column(style="bold")
+    lines.add_column()
+    lines.add_row("images", f"{len(summary.images)} PNGs in {', '.join(folders) or '-'}")
+    if summary.images:
+        lines.add_row("for example", str(summary.images[0]))
+    lines.add_row("retries", f"{summary.retries} (plus {summary.deferrals} rate-limit deferrals)")
+    lines.add_row("time", f"{summary.seconds:.1f} s")
+    parts.append(lines)
+    if summary.errors:
+        errors = Table(title="errors seen (aggregated)", title_justify="left")
+        for column in ("count", "type", "message"):
+            errors.add_column(column, overflow="fold")
+        for row in summary.errors:
+            errors.add_row(str(row["count"]), row["error_type"], row["error_message"])
+        parts.append(errors)
+    return Group(*parts)
