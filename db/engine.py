@@ -59,3 +59,27 @@ async def open_engine(
         yield engine
     finally:
         await engine.dispose()
+
+
+def is_transient_db_error(exc: BaseException, _depth: int = 0) -> bool:
+    """A lost connection or a server (re)starting: worth waiting out, not a bug."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    transient = (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+    )
+    if isinstance(exc, transient):
+        return True
+    if isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, OperationalError)
+    ):
+        return True
+    # SQLAlchemy's asyncpg adapter wraps the driver's error; look a few links down the chain.
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and _depth < 5 and is_transient_db_error(cause, _depth + 1)

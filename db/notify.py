@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.engine import is_transient_db_error
 from db.queries import WAKE_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ async def listen(engine: AsyncEngine, on_wake: Callable[[str], None]) -> None:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                         if not driver.is_closed():
                             await driver.remove_listener(WAKE_CHANNEL, deliver)
-        except OSError as exc:
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
             log.warning("wake-up listener lost its connection (%s); reconnecting", exc)
         await anyio.sleep(RECONNECT_DELAY)

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import tenacity
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
+from db.engine import is_transient_db_error
 from db.notify import listen
 from db.queries import ClaimedSubtask, ErrorRecord, Outcome
 from runner.backoff import RetryPolicy, decide_failure
@@ -102,17 +104,20 @@ class Executor:
         )
         async with anyio.create_task_group() as services:
             services.start_soon(listen, self.engine, self._on_notify)
-            services.start_soon(self._heartbeat_loop)
-            services.start_soon(self._reaper_loop)
-            services.start_soon(self._flush_loop)
-            services.start_soon(self._scaler_loop)
+            for loop in (
+                self._heartbeat_loop,
+                self._reaper_loop,
+                self._flush_loop,
+                self._scaler_loop,
+            ):
+                services.start_soon(self._resilient, loop)
             if self.until_idle:
-                services.start_soon(self._idle_loop)
+                services.start_soon(self._resilient, self._idle_loop)
             async with anyio.create_task_group() as work:
                 self._work_group = work
                 async with anyio.create_task_group() as claimers:
                     for pool in self.pools.values():
-                        claimers.start_soon(self._claim_loop, pool)
+                        claimers.start_soon(self._resilient, self._claim_loop, pool)
                     await self.stop_requested.wait()
                     claimers.cancel_scope.cancel()
                 await self._drain()
@@ -122,6 +127,22 @@ class Executor:
                 await queries.mark_executor_stopped(self.engine, self.executor_id, self.snapshot())
             services.cancel_scope.cancel()
         log.info("runner %s stopped", self.executor_id)
+
+    async def _resilient(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a loop; if the database goes away, wait it out (backing off) and start again."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(is_transient_db_error),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=30) + tenacity.wait_random(0, 0.5),
+            before_sleep=lambda state: log.warning(
+                "%s: database unavailable (%s); retrying in %.1fs",
+                loop.__name__.strip("_"),
+                state.outcome.exception() if state.outcome else "?",
+                state.upcoming_sleep,
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                await loop(*args)
 
     async def _drain(self) -> None:
         running = sum(p.running for p in self.pools.values())
@@ -187,10 +208,21 @@ class Executor:
         )
 
         async def on_submitted(external_id: str) -> None:
+            # The job is paid for: keep trying to record its id (within the lease) so a
+            # successor resumes it rather than submitting again.
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception(is_transient_db_error),
+                wait=tenacity.wait_exponential(multiplier=0.2, max=5)
+                + tenacity.wait_random(0, 0.2),
+                stop=tenacity.stop_after_delay(self.settings.lease / 2),
+                reraise=True,
+            )
             with anyio.CancelScope(shield=True):
-                await queries.set_external_id(
-                    self.engine, row.id, row.attempts, self.executor_id, external_id
-                )
+                async for attempt in retrying:
+                    with attempt:
+                        await queries.set_external_id(
+                            self.engine, row.id, row.attempts, self.executor_id, external_id
+                        )
 
         async def should_stop() -> bool:
             return row.task_id in self._canceled_tasks
@@ -314,11 +346,20 @@ class Executor:
             # Shielded: records taken from the buffers must reach the database even when
             # shutdown cancels the flush loop mid-write.
             with anyio.CancelScope(shield=True):
-                if outcomes:
-                    await queries.apply_outcomes(self.engine, outcomes)
-                if errors:
-                    for kind, message in await queries.record_errors(self.engine, errors):
-                        log.warning("new error: %s: %s", kind, message)
+                try:
+                    if outcomes:
+                        await queries.apply_outcomes(self.engine, outcomes)
+                        outcomes = []
+                    if errors:
+                        for kind, message in await queries.record_errors(self.engine, errors):
+                            log.warning("new error: %s: %s", kind, message)
+                        errors = []
+                except Exception:
+                    # Put back what was not written; outcomes are fenced, so one that did
+                    # commit before the connection broke is a no-op when applied again.
+                    self._outcomes[:0] = outcomes
+                    self._errors[:0] = errors
+                    raise
         if outcomes:
             self._idle_wakeup.notify()
 
