@@ -62,7 +62,7 @@ async def open_engine(
 
 
 def is_transient_db_error(exc: BaseException, _depth: int = 0) -> bool:
-    """A lost connection or a server (re)starting: worth waiting out, not a bug."""
+    """A lost connection, a server (re)starting, a deadlock victim: worth retrying, not a bug."""
     import asyncpg
     from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -73,6 +73,9 @@ def is_transient_db_error(exc: BaseException, _depth: int = 0) -> bool:
         asyncpg.CannotConnectNowError,
         asyncpg.AdminShutdownError,
         asyncpg.CrashShutdownError,
+        # Concurrent writers are ordered to avoid these; any left are retried.
+        asyncpg.DeadlockDetectedError,
+        asyncpg.SerializationError,
     )
     if isinstance(exc, transient):
         return True

@@ -250,6 +250,8 @@ APPLY_OUTCOMES = text(
         JOIN tasks t ON t.id = s.task_id
         WHERE s.status = 'processing' AND s.executor_id = i.executor_id
           AND s.attempts = i.attempt
+        -- Rows, then tasks (below), always in id order: concurrent writers never deadlock.
+        ORDER BY s.id
         FOR UPDATE OF s
     ), updated AS (
         UPDATE subtasks s
@@ -275,6 +277,8 @@ APPLY_OUTCOMES = text(
                count(*) FILTER (WHERE status = 'failed') AS failed,
                count(*) FILTER (WHERE status = 'canceled') AS canceled
         FROM updated GROUP BY task_id
+    ), locked_tasks AS (
+        SELECT id FROM tasks WHERE id IN (SELECT task_id FROM per_task) ORDER BY id FOR UPDATE
     ), tasks_updated AS (
         UPDATE tasks t
         SET completed_subtasks = t.completed_subtasks + p.completed,
@@ -292,7 +296,8 @@ APPLY_OUTCOMES = text(
                 WHEN t.completed_subtasks + p.completed + t.failed_subtasks + p.failed
                      + t.canceled_subtasks + p.canceled >= t.total_subtasks
                 THEN coalesce(t.finished_at, now()) ELSE t.finished_at END
-        FROM per_task p WHERE t.id = p.task_id
+        FROM per_task p
+        WHERE t.id = p.task_id AND t.id IN (SELECT id FROM locked_tasks)
     )
     SELECT pool, count(*) FILTER (WHERE status = 'pending') AS requeued, count(*) AS applied
     FROM updated GROUP BY pool
@@ -455,10 +460,13 @@ async def heartbeat(
             ),
             {"id": executor_id, "pools": json.dumps(pools)},
         )
+        # SKIP LOCKED: a row being finished right now needs no renewal, and waiting for it
+        # would risk a deadlock with the flush that holds it.
         result = await connection.execute(
             text(
                 "UPDATE subtasks SET lease_expires_at = now() + make_interval(secs => :lease)"
-                " WHERE status = 'processing' AND executor_id = :executor"
+                " WHERE id IN (SELECT id FROM subtasks WHERE status = 'processing'"
+                " AND executor_id = :executor ORDER BY id FOR UPDATE SKIP LOCKED)"
             ),
             {"lease": lease, "executor": executor_id},
         )

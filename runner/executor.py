@@ -134,7 +134,7 @@ class Executor:
             retry=tenacity.retry_if_exception(is_transient_db_error),
             wait=tenacity.wait_exponential(multiplier=0.5, max=30) + tenacity.wait_random(0, 0.5),
             before_sleep=lambda state: log.warning(
-                "%s: database unavailable (%s); retrying in %.1fs",
+                "%s: database error (%s); retrying in %.1fs",
                 loop.__name__.strip("_"),
                 state.outcome.exception() if state.outcome else "?",
                 state.upcoming_sleep,

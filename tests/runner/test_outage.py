@@ -42,7 +42,7 @@ async def test_runner_survives_postgres_restart(
                 await anyio.to_thread.run_sync(server.release)  # stops it: we are the only holder
 
                 async def outage_noticed() -> bool:
-                    return any("database unavailable" in r.getMessage() for r in caplog.records)
+                    return any("database error" in r.getMessage() for r in caplog.records)
 
                 await wait_until(outage_noticed)
                 assert await anyio.to_thread.run_sync(server.start) == url
