@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -92,6 +93,10 @@ class EmbeddedPostgres:
             if not holders:
                 log.debug("last holder released the embedded server; stopping it")
                 self._server.stop()
+                # The wheel caches one handle per data dir (and an exit hook that expects
+                # it); a later start must not reuse the handle of a server we stopped.
+                atexit.unregister(self._server._cleanup)
+                type(self._server)._instances.pop(self.pgdata.resolve(), None)
         self._server = None
 
     def admin_uri(self) -> str:

@@ -178,3 +178,36 @@ async def aiohttp_server_factory() -> AsyncIterator[Callable[..., Awaitable[str]
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+async def assert_counters_consistent(engine: AsyncEngine) -> None:
+    """Every task's maintained counters equal a fresh count of its subtasks, and its status fits."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT t.id, t.status, t.total_subtasks,"
+                " t.completed_subtasks, t.failed_subtasks, t.canceled_subtasks,"
+                " count(*) FILTER (WHERE s.status = 'completed') AS completed,"
+                " count(*) FILTER (WHERE s.status = 'failed') AS failed,"
+                " count(*) FILTER (WHERE s.status = 'canceled') AS canceled,"
+                " count(s.id) AS total"
+                " FROM tasks t LEFT JOIN subtasks s ON s.task_id = t.id GROUP BY t.id"
+            )
+        )
+        for row in rows.mappings():
+            assert (
+                row["completed_subtasks"],
+                row["failed_subtasks"],
+                row["canceled_subtasks"],
+            ) == (row["completed"], row["failed"], row["canceled"]), dict(row)
+            assert row["total_subtasks"] == row["total"], dict(row)
+            finished = row["completed"] + row["failed"] + row["canceled"] == row["total"]
+            if finished and row["status"] != "canceled":
+                expected = (
+                    "completed"
+                    if row["failed"] + row["canceled"] == 0
+                    else "failed"
+                    if row["completed"] == 0
+                    else "partial"
+                )
+                assert row["status"] == expected, dict(row)

@@ -13,7 +13,14 @@ from db.embedded import EmbeddedPostgres
 from db.engine import open_engine
 from runner.executor import Executor
 from runner.service import serve
-from tests.runner.conftest import make_config, runner_settings, status_counts, submit, wait_until
+from tests.runner.conftest import (
+    assert_counters_consistent,
+    make_config,
+    runner_settings,
+    status_counts,
+    submit,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +54,7 @@ async def test_runner_survives_postgres_restart(
                 await wait_until(outage_noticed)
                 assert await anyio.to_thread.run_sync(server.start) == url
             counts = await status_counts(engine)
+            await assert_counters_consistent(engine)
             stats = await _stats(sim)
     finally:
         server.release()

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.runner.conftest import (
+    assert_counters_consistent,
     process_env,
     runner_command,
     runner_settings,
@@ -61,6 +62,7 @@ async def test_two_runners_complete_each_subtask_exactly_once_in_priority_order(
         stats = await sim_stats(sim)
 
     assert await status_counts(engine) == {"completed": 2000}
+    await assert_counters_consistent(engine)
     by_key = stats["by_key"]
     assert len(by_key) == 2000 and set(by_key.values()) == {1}, "a subtask was submitted twice"
     async with engine.connect() as connection:
@@ -108,6 +110,7 @@ async def test_killed_runner_work_is_finished_by_another_after_lease_expiry(
         assert await finish(rescuer) == 0
 
     assert await status_counts(engine) == {"completed": 40}
+    await assert_counters_consistent(engine)
     rescued = await scalar(
         engine, "SELECT count(*) FROM subtasks WHERE retry_count = 1 AND attempts = 2"
     )
@@ -178,3 +181,43 @@ async def test_sigterm_drains_and_returns_unfinished_work(
     output = b"".join([chunk async for chunk in runner.stderr])
     lines = [json.loads(line) for line in output.decode().splitlines() if line]
     assert any("returning 10 subtasks to pending" in line["message"] for line in lines)
+
+
+async def test_second_signal_exits_at_once_and_leases_cover_the_rest(
+    engine: AsyncEngine, start_sim: Any, tmp_path: Path, database_url: str, cli_env: dict[str, str]
+) -> None:
+    """Two SIGTERMs: no waiting for the grace period; the in-flight rows keep their leases."""
+    async with start_sim(service_ms=20000.0, service_sigma=0.0, capacity=32) as sim:
+        await submit(engine, n=5)
+        settings = runner_settings(sim.url, {"runner": {"shutdown_grace": 60.0, "lease": 30.0}})
+        env = process_env(cli_env, tmp_path, database_url, settings)
+        runner = await anyio.open_process(runner_command("--executor-id", "impatient"), env=env)
+
+        async def in_flight() -> bool:
+            return (
+                await scalar(engine, "SELECT count(*) FROM subtasks WHERE status = 'processing'")
+                == 5
+            )
+
+        try:
+            await wait_until(in_flight)
+            runner.send_signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                return runner.stderr is not None and b"finishing in-flight work" in (
+                    await runner.stderr.receive()
+                )
+
+            await wait_until(draining)
+            runner.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):  # far less than the 60 s grace period
+                await runner.wait()
+        finally:
+            await finish(runner)
+
+    held = await scalar(
+        engine,
+        "SELECT count(*) FROM subtasks WHERE status = 'processing'"
+        " AND executor_id = 'impatient' AND lease_expires_at > now()",
+    )
+    assert held == 5, "left for the lease to cover, not lost"

@@ -19,7 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db import queries
 from runner.executor import Executor
 from runner.service import serve
-from tests.runner.conftest import make_config, runner_settings, sim_stats, status_counts, submit
+from tests.runner.conftest import (
+    assert_counters_consistent,
+    make_config,
+    runner_settings,
+    sim_stats,
+    status_counts,
+    submit,
+)
 from workers.providers.null import tiny_png
 from workers.sim.app import RunningSim
 
@@ -50,6 +57,7 @@ async def test_both_pools_complete_and_tasks_roll_up(
     executor = await run_until_idle(engine, tmp_path, database_url, runner_settings(sim.url))
 
     assert await status_counts(engine) == {"completed": 35}
+    await assert_counters_consistent(engine)
     tasks = {t["id"]: t for t in await rows(engine, "SELECT * FROM tasks")}
     for task_id, total in ((standard, 30), (lumina, 5)):
         assert tasks[task_id]["status"] == "completed"
@@ -201,6 +209,7 @@ async def test_cancel_stops_pending_work(
             assert result is not None and result["canceled"] > 0
     counts = await status_counts(engine)
     assert set(counts) <= {"completed", "canceled"} and sum(counts.values()) == 40
+    await assert_counters_consistent(engine)
     task = (await rows(engine, "SELECT * FROM tasks WHERE id = :id", id=task_id))[0]
     assert task["status"] == "canceled"
     assert task["completed_subtasks"] == counts.get("completed", 0)
