@@ -1,6 +1,6 @@
 """Benchmark the simulated backend: throughput at service_ms=0, then latency vs concurrency.
 
-Run: .venv/bin/python bench/sim.py [--runs 5] [--requests 4000] [--service-ms 50]
+Run: .venv/bin/python -m bench.sim [--runs 5] [--requests 4000] [--service-ms 50]
 The sim runs in a subprocess (one core), the load generator here (the other core).
 Loopback only; every run is bounded in request count and in time.
 """
