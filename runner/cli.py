@@ -221,7 +221,6 @@ def run(
         config = config.model_copy(
             update={"runner": config.runner.model_copy(update={"executor_id": executor_id})}
         )
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # anyio handles it from here on
 
     async def main(engine: AsyncEngine) -> None:
         await serve(engine, config, app.env, until_idle=until_idle)
@@ -340,7 +339,6 @@ def demo(app: App, log_level: str, service_ms: float | None) -> None:
     from runner.status import watch
 
     setup_logging(log_level, "rich" if out.is_terminal else "json", console=out)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the runner handles it from here on
 
     async def main(engine: AsyncEngine) -> Any:
         async def view(engine: AsyncEngine, done: anyio.Event) -> None:
