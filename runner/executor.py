@@ -171,16 +171,24 @@ class Executor:
         poll = self.settings.poll_interval
         while True:
             now = self.clock()
-            if pool.policy.is_paused(now):
-                await pool.wakeup.wait(min(poll, pool.policy.paused_until - now))  # type: ignore[operator]
+            paused_until = pool.policy.paused_until
+            if paused_until is not None and paused_until > now:
+                await pool.wakeup.wait(min(poll, paused_until - now))
                 continue
             free = pool.free
             if free == 0:
                 await pool.wakeup.wait(poll)
                 continue
-            rows = await queries.claim(
-                self.engine, pool.name, free, self.executor_id, self.settings.lease
-            )
+            # Shielded: a claim cancelled after its commit would strand rows until their
+            # lease expires; rows claimed as a stop arrives are handed straight back.
+            with anyio.CancelScope(shield=True):
+                rows = await queries.claim(
+                    self.engine, pool.name, free, self.executor_id, self.settings.lease
+                )
+                if self.stop_requested.is_set():
+                    for row in rows:
+                        self._record(Outcome(row.id, row.attempts, "release", self.executor_id))
+                    return
             assert self._work_group is not None
             self.metrics.claims.labels(pool.name).inc(len(rows))
             for row in rows:
