@@ -314,7 +314,13 @@ class Executor:
         )
         log.debug("subtask %d attempt %d: %s -> %s", row.id, row.attempts, error, decision.action)
 
-    def _pressure(self, pool: Pool, exc: Exception) -> None:
+    def observe_retry(self, pool_name: str, exc: BaseException) -> None:
+        """An error a provider's own retries absorbed: still a pressure signal for the pool."""
+        pool = self.pools.get(pool_name)
+        if pool is not None:
+            self._pressure(pool, exc)
+
+    def _pressure(self, pool: Pool, exc: BaseException) -> None:
         if isinstance(exc, RateLimited):
             pool.window.rate_limited += 1
             kind: PressureKind = "rate_limited" if exc.status in (None, 429) else "unavailable"

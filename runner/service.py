@@ -56,22 +56,31 @@ class Providers:
         self.config = config
         self.env = env
         self.session = session
+        # Told (pool, error) of every error a provider's own retries absorb.
+        self.on_retry: Callable[[str, BaseException], None] | None = None
         self._standard: dict[str, StandardProvider] = {}
         self._queue: dict[str, QueueProvider] = {}
 
-    def _settings(self, name: str) -> tuple[ProviderConfig, str | None, RetryPolicy]:
+    def _settings(self, name: str, pool: str) -> tuple[ProviderConfig, str | None, RetryPolicy]:
         settings = self.config.providers.get(name)
         if settings is None:
             raise PermanentError(f"provider {name!r} is not configured on this runner")
+
+        def observe(exc: BaseException) -> None:
+            if self.on_retry is not None:
+                self.on_retry(pool, exc)
+
         retry = RetryPolicy(
-            attempts=settings.request_attempts, wait_initial=settings.request_retry_wait
+            attempts=settings.request_attempts,
+            wait_initial=settings.request_retry_wait,
+            on_retry=observe,
         )
         return provider_config(name, settings), self.env.api_key(settings), retry
 
     def standard(self, name: str) -> StandardProvider:
         """The adapter serving the standard pool; PermanentError if there is none."""
         if name not in self._standard:
-            config, key, retry = self._settings(name)
+            config, key, retry = self._settings(name, "standard")
             try:
                 self._standard[name] = build_provider(
                     config, self.session, api_key=key, retry=retry
@@ -83,7 +92,7 @@ class Providers:
     def queue(self, name: str) -> QueueProvider:
         """The adapter serving the lumina pool; PermanentError if there is none."""
         if name not in self._queue:
-            config, key, retry = self._settings(name)
+            config, key, retry = self._settings(name, "lumina")
             try:
                 self._queue[name] = build_provider(
                     config, self.session, api_key=key, pool="lumina", retry=retry
@@ -209,6 +218,7 @@ async def serve(
             secrets=providers.secrets(),
             until_idle=until_idle,
         )
+        providers.on_retry = executor.observe_retry
         if on_start is not None:
             on_start(executor)
         async with anyio.create_task_group() as group:

@@ -232,3 +232,35 @@ async def test_failed_lumina_job_is_resubmitted_on_retry(
     for s in subtasks:
         assert stats["submissions_by_subtask"][str(s["id"])] == s["retry_count"] + 1
     assert len({s["external_id"] for s in subtasks}) == 8
+
+
+async def test_rate_limits_absorbed_inside_an_attempt_still_cut_the_pool(
+    engine: AsyncEngine, tmp_path: Path, database_url: str, aiohttp_server_factory: Any
+) -> None:
+    """A 429 the provider's own retries wait out is still pressure: the pool's limit drops."""
+    seen: dict[str, int] = defaultdict(int)
+
+    async def handle(request: web.Request) -> web.Response:
+        key = request.headers["Idempotency-Key"]
+        seen[key] += 1
+        if seen[key] == 1:  # every request is rate limited once, then served
+            return web.json_response(
+                {"error": {"message": "slow down", "type": "rate_limit"}},
+                status=429,
+                headers={"Retry-After": "0.05"},
+            )
+        png = base64.b64encode(tiny_png()).decode()
+        return web.json_response({"created": 1, "data": [{"b64_json": png}]})
+
+    url = await aiohttp_server_factory(handle)
+    await submit(engine, n=12, provider="busy")
+    settings = runner_settings(
+        url, {"providers": {"busy": {"type": "openai", "base_url": url, "request_attempts": 3}}}
+    )
+    executor = await run_until_idle(engine, tmp_path, database_url, settings)
+
+    assert await status_counts(engine) == {"completed": 12}
+    subtasks = await rows(engine, "SELECT retry_count, deferrals FROM subtasks")
+    assert {(s["retry_count"], s["deferrals"]) for s in subtasks} == {(0, 0)}, "none escaped"
+    history = executor.pools["standard"].history
+    assert history and history[0]["limit"] < 10, list(history)

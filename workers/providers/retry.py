@@ -38,6 +38,9 @@ class RetryPolicy:
     rate_limit_retries: int = 2  # 429s absorbed here; the next goes to the runner to back off
     max_retry_after: float = 10.0  # a longer Retry-After goes straight to the runner
     sleep: Callable[[float], Awaitable[None]] = field(default=anyio.sleep, compare=False)
+    # Told of every error a retry absorbs (a 429 waited out here is still pressure the
+    # caller's concurrency policy must hear about).
+    on_retry: Callable[[BaseException], None] | None = field(default=None, compare=False)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -88,9 +91,11 @@ def _retryable(policy: RetryPolicy) -> Callable[[BaseException], bool]:
     return decide
 
 
-def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+def _log_retry(what: str, policy: RetryPolicy) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        if exc is not None and policy.on_retry is not None:
+            policy.on_retry(exc)
         # Our errors' messages are already redacted; log no request data beyond them.
         log.debug(
             "%s: try %d failed (%s: %s); retrying in %.2fs",
@@ -116,7 +121,7 @@ async def with_retries(policy: RetryPolicy, what: str, step: Callable[[], Awaita
             cap=policy.max_retry_after,
         ),
         sleep=policy.sleep,
-        before_sleep=_log_retry(what),
+        before_sleep=_log_retry(what, policy),
         reraise=True,
     )
 
