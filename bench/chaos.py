@@ -24,11 +24,10 @@ from pathlib import Path
 import anyio
 from sqlalchemy import text
 
-from bench.common import IMGRUN, fresh_database
+from bench.common import IMGRUN, fresh_database, queue_synthetic
 from bench.runner import free_port, process, wait_for_port
 from db.embedded import EmbeddedPostgres
 from db.engine import open_engine
-from db.queries import NewTask, submit_task
 
 CONFIG = """
 [providers.sim]
@@ -51,29 +50,9 @@ timeout = 30
 
 async def queue(url: str, subtasks: int) -> None:
     """A standard task and a lumina task (a tenth of the subtasks)."""
-    async with open_engine(url) as engine:
-        for name, pool, n in (
-            ("chaos standard", "standard", subtasks - subtasks // 10),
-            ("chaos lumina", "lumina", subtasks // 10),
-        ):
-            task = NewTask(
-                name=name,
-                user_id="chaos",
-                pool=pool,
-                provider="sim",
-                priority=1,
-                prompts=["chaos {i}"],
-                variables={},
-                ratio="1:1",
-                seed=0,
-                batch_size=1,
-                polish=False,
-                max_retries=8,
-                total_subtasks=n,
-                total_images=n,
-            )
-            rows = ((i, f"chaos {pool} {i}", f'{{"seed": {i}, "ratio": "1:1"}}') for i in range(n))
-            await submit_task(engine, task, rows)
+    lumina = subtasks // 10
+    await queue_synthetic(url, "chaos standard", subtasks - lumina, max_retries=8)
+    await queue_synthetic(url, "chaos lumina", lumina, pool="lumina", max_retries=8)
 
 
 async def verify(url: str) -> dict[str, int]:

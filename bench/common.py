@@ -44,3 +44,37 @@ async def fresh_database(server_url: str, name: str) -> str:
 def median(values: list[float]) -> float:
     """Median of a non-empty list."""
     return statistics.median(values)
+
+
+async def queue_synthetic(
+    url: str,
+    name: str,
+    n: int,
+    *,
+    pool: str = "standard",
+    provider: str = "sim",
+    max_retries: int = 3,
+) -> int:
+    """A migrated database with one task of `n` plain subtasks; returns the task id."""
+    from db.engine import open_engine
+    from db.queries import NewTask, submit_task
+
+    task = NewTask(
+        name=name,
+        user_id="bench",
+        pool=pool,
+        provider=provider,
+        priority=1,
+        prompts=[f"{name} {{i}}"],
+        variables={},
+        ratio="1:1",
+        seed=0,
+        batch_size=1,
+        polish=False,
+        max_retries=max_retries,
+        total_subtasks=n,
+        total_images=n,
+    )
+    rows = ((i, f"{name} {i}", f'{{"seed": {i}, "ratio": "1:1"}}') for i in range(n))
+    async with open_engine(url) as engine:
+        return await submit_task(engine, task, rows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import socket
 import statistics
@@ -25,9 +26,8 @@ from pathlib import Path
 import anyio
 from sqlalchemy import text
 
-from bench.common import IMGRUN, embedded_server, fresh_database, median
+from bench.common import IMGRUN, embedded_server, fresh_database, median, queue_synthetic
 from db.engine import open_engine
-from db.queries import NewTask, submit_task
 
 
 def free_port() -> int:
@@ -72,34 +72,10 @@ def write_config(path: Path, sim_port: int, output: Path, pool: str = "") -> Non
     )
 
 
-async def queue(url: str, n: int, provider: str) -> None:
-    """A migrated fresh database with one task of `n` standard subtasks."""
-    async with open_engine(url) as engine:
-        rows = (
-            (i, f"bench image {i}", f'{{"seed": {i}, "ratio": "1:1", "batch_size": 1}}')
-            for i in range(n)
-        )
-        await submit_task(engine, new_task("bench", provider, n), rows)
-
-
-def new_task(name: str, provider: str, n: int) -> NewTask:
-    """A plain standard task."""
-    return NewTask(
-        name=name,
-        user_id="bench",
-        pool="standard",
-        provider=provider,
-        priority=1,
-        prompts=["bench image {i}"],
-        variables={},
-        ratio="1:1",
-        seed=0,
-        batch_size=1,
-        polish=False,
-        max_retries=3,
-        total_subtasks=n,
-        total_images=n,
-    )
+async def migrated(url: str) -> None:
+    """Bring a fresh database to the newest schema."""
+    async with open_engine(url):
+        pass
 
 
 async def drain_rate(url: str) -> tuple[float, int]:
@@ -119,7 +95,7 @@ async def drain_rate(url: str) -> tuple[float, int]:
 def throughput(server_url: str, env: dict[str, str], n: int, provider: str, run: int) -> float:
     """One drain of `n` subtasks by one runner process; returns subtasks/s."""
     url = anyio.run(fresh_database, server_url, f"bench_runner_{provider}_{run}")
-    anyio.run(queue, url, n, provider)
+    anyio.run(functools.partial(queue_synthetic, url, "bench", n, provider=provider))
     env = {**env, "IMGRUN_DATABASE_URL": url}
     subprocess.run(
         [*IMGRUN, "run", "--until-idle", "--log-level", "WARNING"], env=env, check=True, timeout=600
@@ -134,11 +110,7 @@ async def latency_samples(url: str, samples: int) -> list[float]:
     delays = []
     async with open_engine(url, upgrade=False) as engine:
         for i in range(samples):
-            task_id = await submit_task(
-                engine,
-                new_task(f"latency {i}", "sim", 1),
-                [(0, "one", '{"seed": 1, "ratio": "1:1"}')],
-            )
+            task_id = await queue_synthetic(url, f"latency {i}", 1)
             with anyio.fail_after(10):
                 while True:
                     async with engine.connect() as connection:
@@ -183,7 +155,7 @@ def main() -> None:
                     )
                     print(f"run {run + 1} {provider:>4}: {rates[provider][-1]:,.0f} subtasks/s")
             url = anyio.run(fresh_database, server_url, "bench_latency")
-            anyio.run(queue, url, 0, "sim")
+            anyio.run(migrated, url)
             with process(
                 [*IMGRUN, "run", "--log-level", "WARNING"], {**env, "IMGRUN_DATABASE_URL": url}
             ):

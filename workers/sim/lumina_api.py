@@ -22,14 +22,10 @@ _BROKEN = [
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/tasks → 202 {task_uuid, status}; a repeated Idempotency-Key gets the same job."""
     state = request.app[STATE]
-    key = request.headers.get("Idempotency-Key")
-    if key:
-        state.stats.by_key[key] += 1
-    if state.faults.active and (fault := await responses.injected(state, _BROKEN)) is not None:
-        return fault
-    body = await responses.json_body(request)
+    body = await responses.admit(request, state, _BROKEN)
     if isinstance(body, web.Response):
         return body
+    key = request.headers.get("Idempotency-Key")
     state.stats.submissions_by_subtask[str(body.get("subtask_id"))] += 1
     if key and (existing := state.jobs.get(state.jobs_by_key.get(key, ""))):
         return _accepted(existing)

@@ -23,13 +23,7 @@ _BROKEN = [
 async def generations(request: web.Request) -> web.Response:
     """Generate `n` PNGs for a prompt, through the fault injector and the capacity model."""
     state = request.app[STATE]
-    key = request.headers.get("Idempotency-Key")
-    if key:
-        state.stats.by_key[key] += 1
-    # The fault check is skipped outright when no fault is configured: this is the hot path.
-    if state.faults.active and (fault := await responses.injected(state, _BROKEN)) is not None:
-        return fault
-    body = await responses.json_body(request)
+    body = await responses.admit(request, state, _BROKEN)
     if isinstance(body, web.Response):
         return body
     try:

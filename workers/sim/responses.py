@@ -82,3 +82,16 @@ async def json_body(request: web.Request) -> dict[str, Any] | web.Response:
 def now() -> int:
     """Unix time in seconds, as OpenAI's `created`."""
     return int(time.time())
+
+
+async def admit(
+    request: web.Request, state: SimState, broken_bodies: list[str]
+) -> dict[str, Any] | web.Response:
+    """A POST's common start: count its key, inject a fault if one is due, parse its body."""
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        state.stats.by_key[key] += 1
+    # The fault check is skipped outright when no fault is configured: this is the hot path.
+    if state.faults.active and (fault := await injected(state, broken_bodies)) is not None:
+        return fault
+    return await json_body(request)
