@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import logging
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -264,3 +265,54 @@ async def test_rate_limits_absorbed_inside_an_attempt_still_cut_the_pool(
     assert {(s["retry_count"], s["deferrals"]) for s in subtasks} == {(0, 0)}, "none escaped"
     history = executor.pools["standard"].history
     assert history and history[0]["limit"] < 10, list(history)
+
+
+async def test_api_key_never_reaches_database_or_logs(
+    engine: AsyncEngine,
+    tmp_path: Path,
+    database_url: str,
+    aiohttp_server_factory: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A backend echoing the Authorization header into its errors: the key is redacted."""
+    secret = "sk-sentinel-7f3a9c1e"
+    seen_auth: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen_auth.append(request.headers.get("Authorization", ""))
+        message = f"bad gateway for {request.headers.get('Authorization')}"
+        return web.json_response({"error": {"message": message}}, status=502)
+
+    url = await aiohttp_server_factory(handle)
+    await submit(engine, n=2, provider="leaky", max_retries=1)
+    settings = runner_settings(
+        url,
+        {
+            "providers": {
+                "leaky": {
+                    "type": "openai",
+                    "base_url": url,
+                    "api_key_env": "LEAKY_KEY",
+                    "request_attempts": 2,
+                    "request_retry_wait": 0.01,
+                }
+            }
+        },
+    )
+    config, env = make_config(tmp_path, database_url, settings)
+    env = env.model_copy(update={"secrets": {"LEAKY_KEY": secret}})
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(60):
+        await serve(engine, config, env, until_idle=True)
+
+    assert seen_auth and all(value == f"Bearer {secret}" for value in seen_auth)
+    assert await status_counts(engine) == {"failed": 2}
+    stored = await rows(
+        engine,
+        "SELECT (SELECT string_agg(coalesce(error, ''), ' ') FROM subtasks) AS errors,"
+        " (SELECT string_agg(error_message || coalesce(stack_trace, ''), ' ') FROM error_logs)"
+        " AS logs",
+    )
+    assert stored[0]["errors"] and stored[0]["logs"]
+    assert secret not in stored[0]["errors"] and secret not in stored[0]["logs"]
+    assert all(secret not in record.getMessage() for record in caplog.records)
