@@ -179,21 +179,31 @@ class Executor:
             if free == 0:
                 await pool.wakeup.wait(poll)
                 continue
-            # Shielded: a claim cancelled after its commit would strand rows until their
-            # lease expires; rows claimed as a stop arrives are handed straight back.
-            with anyio.CancelScope(shield=True):
-                rows = await queries.claim(
-                    self.engine, pool.name, free, self.executor_id, self.settings.lease
-                )
-                if self.stop_requested.is_set():
-                    for row in rows:
-                        self._record(Outcome(row.id, row.attempts, "release", self.executor_id))
-                    return
+            # Slots are reserved before the claim: a cut of the limit while it runs (a 429
+            # elsewhere) then only shrinks future claims, never the rows already ours.
+            tokens = [object() for _ in range(free)]
+            for token in tokens:
+                pool.limiter.acquire_on_behalf_of_nowait(token)
+            rows: list[ClaimedSubtask] = []
+            try:
+                # Shielded: a claim cancelled after its commit would strand rows until
+                # their lease expires; rows claimed as a stop arrives are handed back.
+                with anyio.CancelScope(shield=True):
+                    rows = await queries.claim(
+                        self.engine, pool.name, free, self.executor_id, self.settings.lease
+                    )
+                    if self.stop_requested.is_set():
+                        for row in rows:
+                            self._record(Outcome(row.id, row.attempts, "release", self.executor_id))
+                        rows = []
+            finally:
+                for token in tokens[len(rows) :]:
+                    pool.limiter.release_on_behalf_of(token)
+            if self.stop_requested.is_set():
+                return
             assert self._work_group is not None
             self.metrics.claims.labels(pool.name).inc(len(rows))
-            for row in rows:
-                token = object()
-                pool.limiter.acquire_on_behalf_of_nowait(token)
+            for row, token in zip(rows, tokens, strict=False):
                 self._in_flight[row.id] = row
                 self._work_group.start_soon(self._run_one, pool, row, token)
             if len(rows) < free:

@@ -27,6 +27,7 @@ from tests.runner.conftest import (
     sim_stats,
     status_counts,
     submit,
+    wait_until,
 )
 from workers.providers.null import tiny_png
 from workers.sim.app import RunningSim
@@ -316,3 +317,42 @@ async def test_api_key_never_reaches_database_or_logs(
     assert stored[0]["errors"] and stored[0]["logs"]
     assert secret not in stored[0]["errors"] and secret not in stored[0]["logs"]
     assert all(secret not in record.getMessage() for record in caplog.records)
+
+
+async def test_limit_cut_during_a_claim_does_not_strand_claimed_rows(
+    engine: AsyncEngine, sim: RunningSim, tmp_path: Path, database_url: str
+) -> None:
+    """A 429 cuts the limit while a claim is in flight: the claimed rows still run."""
+    from workers.errors import RateLimited
+
+    task_id = await submit(engine, n=30)
+    config, env = make_config(tmp_path, database_url, runner_settings(sim.url))
+    executors: list[Executor] = []
+    async with engine.connect() as blocker, anyio.create_task_group() as group:
+        # Holding the task row makes the claim wait inside its statement (it marks the
+        # task running), so the cut below lands exactly while the claim is in flight.
+        transaction = await blocker.begin()
+        await blocker.execute(
+            text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": task_id}
+        )
+        group.start_soon(
+            lambda: serve(engine, config, env, until_idle=True, on_start=executors.append)
+        )
+
+        async def claim_waiting() -> bool:
+            async with engine.connect() as connection:
+                waiting = await connection.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
+                    )
+                )
+            return bool(waiting)
+
+        await wait_until(claim_waiting)
+        executors[0].observe_retry("standard", RateLimited("slow down", retry_after=None))
+        assert executors[0].pools["standard"].limiter.total_tokens < 10
+        await transaction.rollback()
+
+    assert await status_counts(engine) == {"completed": 30}
+    await assert_counters_consistent(engine)
