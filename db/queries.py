@@ -385,7 +385,7 @@ async def reap_expired(engine: AsyncEngine, *, limit: int = 1000) -> list[Outcom
     return outcomes
 
 
-async def wait_for_work_exists(engine: AsyncEngine, pools: Sequence[str]) -> bool:
+async def work_remains(engine: AsyncEngine, pools: Sequence[str]) -> bool:
     """True while any subtask of `pools` is pending (now or later) or processing."""
     async with engine.connect() as connection:
         return bool(

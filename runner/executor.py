@@ -438,6 +438,6 @@ class Executor:
             await self._idle_wakeup.wait(self.settings.poll_interval)
             if self._busy:
                 continue
-            if not await queries.wait_for_work_exists(self.engine, list(self.pools)):
+            if not await queries.work_remains(self.engine, list(self.pools)):
                 log.info("nothing pending, processing or waiting to retry: stopping")
                 self.request_stop()
