@@ -238,21 +238,29 @@ APPLY_OUTCOMES = text(
             CAST(:executors AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
             CAST(:delays AS float8[]), CAST(:resets AS bool[])
         ) AS i(id, attempt, kind, executor_id, result, error, delay, reset_job)
+    ), locked AS (
+        -- Lock the reported rows by primary key, in id order: concurrent writers never
+        -- deadlock. No status predicate here on purpose: with one, the planner may read the
+        -- partial lease index (statistics taken when nothing was processing say it is
+        -- empty) as the outer side of a nested loop that rescans the input once per held
+        -- row -- quadratic, and the cause of the backlog stall.
+        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts
+        FROM subtasks s
+        WHERE s.id = ANY(CAST(:ids AS bigint[]))
+        ORDER BY s.id
+        FOR UPDATE
     ), fenced AS (
         -- Only the lease holder may move a row on: a reaped and re-claimed subtask has
         -- another executor or attempt number, and the stale outcome is dropped.
-        SELECT s.id, i.kind, i.result, i.error, i.delay, i.reset_job,
+        SELECT l.id, i.kind, i.result, i.error, i.delay, i.reset_job,
                -- Work still to do on a canceled task stops here.
                CASE WHEN t.status = 'canceled' AND i.kind IN ('retry', 'defer', 'release')
                     THEN 'canceled' ELSE i.kind END AS effective
-        FROM input i
-        JOIN subtasks s ON s.id = i.id
-        JOIN tasks t ON t.id = s.task_id
-        WHERE s.status = 'processing' AND s.executor_id = i.executor_id
-          AND s.attempts = i.attempt
-        -- Rows, then tasks (below), always in id order: concurrent writers never deadlock.
-        ORDER BY s.id
-        FOR UPDATE OF s
+        FROM locked l
+        JOIN input i ON i.id = l.id
+        JOIN tasks t ON t.id = l.task_id
+        WHERE l.status = 'processing' AND l.executor_id = i.executor_id
+          AND l.attempts = i.attempt
     ), updated AS (
         UPDATE subtasks s
         SET status = CASE WHEN f.effective IN ('completed', 'failed', 'canceled')
@@ -401,14 +409,21 @@ async def work_remains(engine: AsyncEngine, pools: Sequence[str]) -> bool:
         )
 
 
-async def pending_counts(engine: AsyncEngine) -> dict[str, int]:
-    """Claimable-now subtasks per pool (the scaling signal)."""
+PENDING_COUNT_CAP = 100_000  # the scaling rules need far less; counting stays cheap
+
+
+async def pending_counts(
+    engine: AsyncEngine, pools: Sequence[str], *, cap: int = PENDING_COUNT_CAP
+) -> dict[str, int]:
+    """Claimable-now subtasks per pool (the scaling signal), counted up to `cap`."""
     async with engine.connect() as connection:
         rows = await connection.execute(
             text(
-                "SELECT pool, count(*) FROM subtasks WHERE status = 'pending'"
-                " AND run_after <= now() GROUP BY pool"
-            )
+                "SELECT p.pool, (SELECT count(*) FROM (SELECT 1 FROM subtasks"
+                " WHERE status = 'pending' AND pool = p.pool AND run_after <= now()"
+                " LIMIT :cap) AS due) FROM unnest(CAST(:pools AS text[])) AS p(pool)"
+            ),
+            {"pools": list(pools), "cap": cap},
         )
         return {pool: int(count) for pool, count in rows.all()}
 
@@ -449,9 +464,13 @@ async def register_executor(
 
 
 async def heartbeat(
-    engine: AsyncEngine, executor_id: str, pools: dict[str, Any], lease: float
+    engine: AsyncEngine,
+    executor_id: str,
+    pools: dict[str, Any],
+    lease: float,
+    held: Sequence[int],
 ) -> int:
-    """Record a heartbeat with the pools' snapshot and renew this runner's leases."""
+    """Record a heartbeat with the pools' snapshot and renew the leases of the rows `held`."""
     async with engine.begin() as connection:
         await connection.execute(
             text(
@@ -460,15 +479,18 @@ async def heartbeat(
             ),
             {"id": executor_id, "pools": json.dumps(pools)},
         )
+        if not held:
+            return 0
         # SKIP LOCKED: a row being finished right now needs no renewal, and waiting for it
         # would risk a deadlock with the flush that holds it.
         result = await connection.execute(
             text(
                 "UPDATE subtasks SET lease_expires_at = now() + make_interval(secs => :lease)"
-                " WHERE id IN (SELECT id FROM subtasks WHERE status = 'processing'"
-                " AND executor_id = :executor ORDER BY id FOR UPDATE SKIP LOCKED)"
+                " WHERE id IN (SELECT id FROM subtasks WHERE id = ANY(CAST(:ids AS bigint[]))"
+                " AND status = 'processing' AND executor_id = :executor"
+                " ORDER BY id FOR UPDATE SKIP LOCKED)"
             ),
-            {"lease": lease, "executor": executor_id},
+            {"lease": lease, "executor": executor_id, "ids": list(held)},
         )
         return int(result.rowcount)
 

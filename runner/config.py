@@ -76,6 +76,7 @@ class RunnerSettings(_Strict):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # loopback unless you mean to expose it
     shutdown_grace: float = Field(default=30.0, ge=0)
+    outcome_batch: int = Field(default=500, ge=1)  # outcomes recorded per statement
 
 
 class SubmitSettings(_Strict):

@@ -21,12 +21,15 @@ from runner.backoff import RetryPolicy, decide_failure
 from runner.config import PoolConfig, RunnerSettings
 from runner.fingerprint import error_type, fingerprint, redact
 from runner.metrics import Metrics
+from runner.outcomes import OutcomeBuffer, Release
 from runner.pool import Pool, Wakeup
 from runner.scaling import Decision, PressureKind
 from workers.errors import Canceled, JobFailed, ProviderError, ProviderTimeout, RateLimited
 from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
+
+FINAL_FLUSH_TIMEOUT = 5.0  # seconds at exit to record what is left; leases cover the rest
 
 # Runs one claimed subtask to a result; raises ProviderError subclasses on failure.
 # `on_submitted` persists an async job id; `should_stop` tells a polling worker to give up.
@@ -73,14 +76,16 @@ class Executor:
         self.until_idle = until_idle
         self.metrics = metrics or Metrics()
         self.stop_requested = anyio.Event()
-        self._outcomes: list[Outcome] = []
-        self._errors: list[ErrorRecord] = []
+        self.buffer = OutcomeBuffer(settings.outcome_batch)
         self._flush_wakeup = Wakeup()
         self._flush_lock = anyio.Lock()
         self._idle_wakeup = Wakeup()
-        self._in_flight: dict[int, ClaimedSubtask] = {}
+        # Claimed and not yet recorded: in flight, or finished and waiting in the buffer.
+        self._held: dict[int, ClaimedSubtask] = {}
         self._canceled_tasks: set[int] = set()
         self._work_group: anyio.abc.TaskGroup | None = None
+        self._aborted = False
+        self._final_scope: anyio.CancelScope | None = None
 
     @property
     def executor_id(self) -> str:
@@ -90,6 +95,13 @@ class Executor:
     def request_stop(self) -> None:
         """Stop claiming; in-flight work drains within the grace period."""
         self.stop_requested.set()
+
+    def abort(self) -> None:
+        """Stop at once, even mid-flush: what is not recorded stays leased and fenced."""
+        self._aborted = True
+        self.stop_requested.set()
+        if self._final_scope is not None:
+            self._final_scope.cancel()
 
     async def run(self) -> None:
         """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
@@ -122,11 +134,35 @@ class Executor:
                     claimers.cancel_scope.cancel()
                 await self._drain()
                 work.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._flush()
-                await queries.mark_executor_stopped(self.engine, self.executor_id, self.snapshot())
             services.cancel_scope.cancel()
+        await self._finish()
         log.info("runner %s stopped", self.executor_id)
+
+    async def _finish(self) -> None:
+        """Record what is left and mark ourselves stopped, within FINAL_FLUSH_TIMEOUT."""
+        # Shielded from the caller's cancellation, but bounded, and abort() cuts it short:
+        # a hung database must never keep a stopping runner alive.
+        with anyio.CancelScope(shield=True) as scope:
+            self._final_scope = scope
+            scope.deadline = anyio.current_time() + FINAL_FLUSH_TIMEOUT
+            if self._aborted:
+                scope.cancel()
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception(is_transient_db_error),
+                wait=tenacity.wait_exponential(multiplier=0.2, max=1),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._flush()
+                    await queries.mark_executor_stopped(
+                        self.engine, self.executor_id, self.snapshot()
+                    )
+        if self.buffer.outcomes_waiting:
+            log.warning(
+                "exiting with %d outcomes unrecorded: their leases return them to pending",
+                self.buffer.outcomes_waiting,
+            )
 
     async def _resilient(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run a loop; if the database goes away, wait it out (backing off) and start again."""
@@ -145,20 +181,23 @@ class Executor:
                 await loop(*args)
 
     async def _drain(self) -> None:
-        running = sum(p.running for p in self.pools.values())
-        if not running:
+        """Wait (up to shutdown_grace) until everything held is finished and recorded."""
+        if not self._held:
             return
         log.info(
             "stopping: waiting up to %.0fs for %d subtasks in flight",
             self.settings.shutdown_grace,
-            running,
+            len(self._held),
         )
         with anyio.move_on_after(self.settings.shutdown_grace):
-            while any(p.running for p in self.pools.values()):
+            while self._held:
                 await self._idle_wakeup.wait(0.5)
-        left = sum(p.running for p in self.pools.values())
-        if left:
-            log.info("grace period over: returning %d subtasks to pending", left)
+        unrecorded = self.buffer.outcomes_waiting
+        in_flight = len(self._held) - unrecorded
+        if in_flight > 0:
+            log.info("grace period over: returning %d subtasks to pending", in_flight)
+        if unrecorded:
+            log.info("grace period over: %d finished subtasks not yet recorded", unrecorded)
 
     # --- claiming ------------------------------------------------------------
 
@@ -194,7 +233,9 @@ class Executor:
                     )
                     if self.stop_requested.is_set():
                         for row in rows:
-                            self._record(Outcome(row.id, row.attempts, "release", self.executor_id))
+                            self.buffer.record(
+                                Outcome(row.id, row.attempts, "release", self.executor_id)
+                            )
                         rows = []
             finally:
                 for token in tokens[len(rows) :]:
@@ -204,8 +245,10 @@ class Executor:
             assert self._work_group is not None
             self.metrics.claims.labels(pool.name).inc(len(rows))
             for row, token in zip(rows, tokens, strict=False):
-                self._in_flight[row.id] = row
-                self._work_group.start_soon(self._run_one, pool, row, token)
+                self._held[row.id] = row
+                self._work_group.start_soon(
+                    self._run_one, pool, row, self._releaser(pool, row, token)
+                )
             if len(rows) < free:
                 # Drained what is due: sleep until notified (new work, a freed slot) or poll.
                 self._idle_wakeup.notify()
@@ -213,7 +256,18 @@ class Executor:
 
     # --- running one subtask -------------------------------------------------
 
-    async def _run_one(self, pool: Pool, row: ClaimedSubtask, token: object) -> None:
+    def _releaser(self, pool: Pool, row: ClaimedSubtask, token: object) -> Release:
+        """Frees a subtask's slot; called once its outcome is recorded."""
+
+        def release() -> None:
+            self._held.pop(row.id, None)
+            pool.limiter.release_on_behalf_of(token)
+            pool.wakeup.notify()
+            self._idle_wakeup.notify()
+
+        return release
+
+    async def _run_one(self, pool: Pool, row: ClaimedSubtask, release: Release) -> None:
         request = ImageRequest(
             task_id=row.task_id,
             subtask_id=row.id,
@@ -250,17 +304,17 @@ class Executor:
             result = await self.work(row, request, on_submitted, should_stop)
         except anyio.get_cancelled_exc_class():
             # Shutdown past the grace period: back to pending, attempt not counted.
-            self._record(Outcome(row.id, row.attempts, "release", self.executor_id))
+            self._record(Outcome(row.id, row.attempts, "release", self.executor_id), release)
             raise
         except Canceled:
             # The task was canceled while this attempt ran: stop here, nothing failed.
-            self._record(Outcome(row.id, row.attempts, "canceled", self.executor_id))
+            self._record(Outcome(row.id, row.attempts, "canceled", self.executor_id), release)
         except ProviderError as exc:
-            self._on_failure(pool, row, exc, traceback_text=None)
+            self._on_failure(pool, row, exc, release, traceback_text=None)
         except Exception as exc:
             # A bug in a worker or adapter: keep the runner alive, count it as retryable.
             log.exception("unexpected error running subtask %d", row.id)
-            self._on_failure(pool, row, exc, traceback_text=traceback.format_exc())
+            self._on_failure(pool, row, exc, release, traceback_text=traceback.format_exc())
         else:
             elapsed = self.clock() - started
             pool.window.completed += 1
@@ -270,16 +324,17 @@ class Executor:
             self._record(
                 Outcome(
                     row.id, row.attempts, "completed", self.executor_id, result=result.to_json()
-                )
+                ),
+                release,
             )
-        finally:
-            self._in_flight.pop(row.id, None)
-            pool.limiter.release_on_behalf_of(token)
-            pool.wakeup.notify()
-            self._idle_wakeup.notify()
 
     def _on_failure(
-        self, pool: Pool, row: ClaimedSubtask, exc: Exception, traceback_text: str | None
+        self,
+        pool: Pool,
+        row: ClaimedSubtask,
+        exc: Exception,
+        release: Release,
+        traceback_text: str | None,
     ) -> None:
         message = redact(str(exc) or type(exc).__name__, self.secrets)
         rate_limited = isinstance(exc, RateLimited)
@@ -314,10 +369,11 @@ class Executor:
                 error=error,
                 delay=decision.delay,
                 reset_job=reset_job,
-            )
+            ),
+            release,
         )
         trace = redact(traceback_text, self.secrets) if traceback_text else None
-        self._errors.append(
+        self.buffer.record_error(
             ErrorRecord(
                 error_type(exc), fingerprint(message), trace, pool.name, row.provider, row.id
             )
@@ -353,48 +409,37 @@ class Executor:
 
     # --- recording -----------------------------------------------------------
 
-    def _record(self, outcome: Outcome) -> None:
-        self._outcomes.append(outcome)
+    def _record(self, outcome: Outcome, release: Release) -> None:
+        self.buffer.record(outcome, release)
         self._flush_wakeup.notify()
 
     async def _flush_loop(self) -> None:
         while True:
             await self._flush_wakeup.wait(1.0)
-            # Outcomes that arrive while one batch is written form the next batch.
             await self._flush()
 
     async def _flush(self) -> None:
+        """Write everything buffered, one bounded batch per transaction."""
         async with self._flush_lock:
-            outcomes, self._outcomes = self._outcomes, []
-            errors, self._errors = self._errors, []
-            # Shielded: records taken from the buffers must reach the database even when
-            # shutdown cancels the flush loop mid-write.
-            with anyio.CancelScope(shield=True):
+            while batch := self.buffer.take():
                 try:
-                    if outcomes:
-                        await queries.apply_outcomes(self.engine, outcomes)
-                        outcomes = []
-                    if errors:
-                        for kind, message in await queries.record_errors(self.engine, errors):
+                    if batch.entries:
+                        await queries.apply_outcomes(self.engine, batch.outcomes)
+                    if batch.errors:
+                        for kind, message in await queries.record_errors(self.engine, batch.errors):
                             log.warning("new error: %s: %s", kind, message)
-                        errors = []
-                except Exception:
-                    # Put back what was not written; outcomes are fenced, so one that did
-                    # commit before the connection broke is a no-op when applied again.
-                    self._outcomes[:0] = outcomes
-                    self._errors[:0] = errors
+                except BaseException:
+                    # Not written (or not known to be): put it back. Outcomes are fenced, so
+                    # one that did commit before the connection broke is a no-op next time.
+                    self.buffer.put_back(batch)
                     raise
-        if outcomes:
-            self._idle_wakeup.notify()
+                batch.release()
 
     @property
     def _busy(self) -> bool:
         """Work in flight or not yet recorded."""
         return bool(
-            any(p.running for p in self.pools.values())
-            or self._outcomes
-            or self._errors
-            or self._flush_lock.locked()
+            any(p.running for p in self.pools.values()) or self.buffer or self._flush_lock.locked()
         )
 
     # --- periodic duties -----------------------------------------------------
@@ -408,9 +453,13 @@ class Executor:
         while True:
             await anyio.sleep(self.settings.heartbeat_interval)
             await queries.heartbeat(
-                self.engine, self.executor_id, self.snapshot(), self.settings.lease
+                self.engine,
+                self.executor_id,
+                self.snapshot(),
+                self.settings.lease,
+                sorted(self._held),
             )
-            task_ids = {row.task_id for row in self._in_flight.values()}
+            task_ids = {row.task_id for row in self._held.values()}
             self._canceled_tasks = await queries.canceled_among(self.engine, sorted(task_ids))
 
     async def _reaper_loop(self) -> None:
@@ -423,7 +472,7 @@ class Executor:
     async def _scaler_loop(self) -> None:
         tick = min(pool.config.tick_interval for pool in self.pools.values())
         while True:
-            pending = await queries.pending_counts(self.engine)
+            pending = await queries.pending_counts(self.engine, list(self.pools))
             now = self.clock()
             for pool in self.pools.values():
                 pool.pending = pending.get(pool.name, 0)

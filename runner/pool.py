@@ -13,6 +13,7 @@ from runner.config import PoolConfig
 from runner.scaling import Decision, PoolSignals, ScalingConfig, ScalingPolicy, make_policy
 
 HISTORY = 20  # scaling decisions kept for the status view
+LATENCY_SAMPLE = 1024  # latest latencies kept per window: p50 needs no more, memory stays flat
 
 
 class Wakeup:
@@ -40,7 +41,7 @@ class Window:
     failures: int = 0
     rate_limited: int = 0
     timeouts: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLE))
 
     def signals(self, pending: int, running: int) -> PoolSignals:
         """The policy's input for this window."""

@@ -193,6 +193,7 @@ async def _signals(executor: Executor, scope: anyio.CancelScope) -> None:
                 log.info(
                     "%s again: stopping now; leases cover the rest", signal.Signals(signum).name
                 )
+                executor.abort()
                 scope.cancel()
 
 

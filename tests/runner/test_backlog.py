@@ -1,0 +1,173 @@
+"""A runner whose database falls behind claims less instead of collapsing (the backlog stall).
+
+The database is slowed for real: a trigger makes every transaction that records a completion
+sleep once, so each outcome flush takes a fixed time, as a busy or distant server would.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.service import serve
+from tests.runner.conftest import (
+    assert_counters_consistent,
+    make_config,
+    process_env,
+    runner_command,
+    status_counts,
+    submit,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+
+LIMIT = 10  # the standard pool, pinned
+
+
+def slow_flush_sql(seconds: float) -> str:
+    """A trigger that makes each transaction completing subtasks sleep `seconds`, once."""
+    return f"""
+    CREATE FUNCTION slow_flush() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF current_setting('test.slept', true) IS DISTINCT FROM 'yes' THEN
+            PERFORM set_config('test.slept', 'yes', true);
+            PERFORM pg_sleep({seconds});
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER slow_flush BEFORE UPDATE ON subtasks FOR EACH ROW
+        WHEN (OLD.status = 'processing' AND NEW.status = 'completed')
+        EXECUTE FUNCTION slow_flush();
+    """
+
+
+async def slow_down_flushes(engine: AsyncEngine, seconds: float) -> None:
+    """Install the trigger (one statement at a time: asyncpg prepares each)."""
+    async with engine.begin() as connection:
+        raw = await connection.get_raw_connection()
+        assert raw.driver_connection is not None
+        await raw.driver_connection.execute(slow_flush_sql(seconds))
+
+
+def null_pool_settings(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pinned standard pool on the in-process `null` provider."""
+    settings: dict[str, Any] = {
+        "runner": {"heartbeat_interval": 0.3, "lease": 30.0, "poll_interval": 0.2},
+        "pools": {"standard": {"initial": LIMIT, "max": LIMIT}},
+    }
+    for section, values in (extra or {}).items():
+        settings[section] = {**settings.get(section, {}), **values}
+    return settings
+
+
+async def count_processing(engine: AsyncEngine) -> int:
+    """Rows any runner holds."""
+    async with engine.connect() as connection:
+        value = await connection.scalar(
+            text("SELECT count(*) FROM subtasks WHERE status = 'processing'")
+        )
+        return int(value or 0)
+
+
+async def test_slow_database_bounds_rows_held_instead_of_claiming_ahead(
+    engine: AsyncEngine, tmp_path: Path, database_url: str
+) -> None:
+    """Held rows never exceed the pool limit plus one claim batch while flushes lag."""
+    await submit(engine, n=3000, provider="null")
+    await slow_down_flushes(engine, 0.15)
+    config, env = make_config(tmp_path, database_url, null_pool_settings())
+    most_held = 0
+    executors: list[Any] = []
+
+    async def completed_enough() -> bool:
+        nonlocal most_held
+        most_held = max(most_held, await count_processing(engine))
+        counts = await status_counts(engine)
+        return counts.get("completed", 0) >= 200
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(
+            lambda: serve(engine, config, env, until_idle=True, on_start=executors.append)
+        )
+        await wait_until(completed_enough, timeout=60, every=0.02)
+        executors[0].request_stop()
+
+    # The pool runs LIMIT subtasks; a claim refills at most the free slots, so LIMIT rows
+    # (+ one claim batch of at most LIMIT while slots are being handed back) is the ceiling.
+    assert most_held <= 2 * LIMIT, f"{most_held} rows held by a runner limited to {LIMIT}"
+    counts = await status_counts(engine)
+    assert counts.get("processing", 0) == 0, counts
+    assert sum(counts.values()) == 3000
+    await assert_counters_consistent(engine)
+
+
+async def test_sigterm_stops_runner_promptly_while_a_flush_hangs(
+    engine: AsyncEngine, tmp_path: Path, database_url: str, cli_env: dict[str, str]
+) -> None:
+    """A hung flush delays shutdown by seconds, not until the database answers."""
+    await submit(engine, n=200, provider="null")
+    await slow_down_flushes(engine, 600)
+    grace = 1.0
+    settings = null_pool_settings({"runner": {"shutdown_grace": grace, "lease": 2.0}})
+    env = process_env(cli_env, tmp_path, database_url, settings)
+    runner = await anyio.open_process(runner_command("--executor-id", "stuck"), env=env)
+    try:
+
+        async def flush_hung() -> bool:
+            async with engine.connect() as connection:
+                waiting = await connection.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                        " AND query LIKE '%unnest%' AND wait_event = 'PgSleep'"
+                    )
+                )
+            return bool(waiting)
+
+        await wait_until(flush_hung, timeout=30)
+        runner.send_signal(signal.SIGTERM)
+        with anyio.fail_after(grace + 8):
+            code = await runner.wait()
+    finally:
+        if runner.returncode is None:
+            runner.kill()
+            await runner.wait()
+            assert runner.stderr is not None
+            print((await runner.stderr.receive()).decode()[-4000:])
+    assert code == 0
+
+    # The database recovers: the dead runner's statements end (a server only notices a
+    # vanished client when it next talks to it). Nothing the runner held is lost: its rows
+    # stay its own until the lease runs out, then any runner takes them back.
+    async def dead_runner_gone() -> bool:
+        async with engine.connect() as connection:
+            left = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND backend_type = 'client backend'"
+                )
+            )
+        return not left
+
+    await wait_until(dead_runner_gone, timeout=30, every=0.2)
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP TRIGGER slow_flush ON subtasks"))
+    counts = await status_counts(engine)
+    assert (
+        counts.get("pending", 0) + counts.get("processing", 0) + counts.get("completed", 0) == 200
+    )
+    from db import queries
+
+    async def all_back() -> bool:
+        await queries.reap_expired(engine)
+        return (await status_counts(engine)).get("processing", 0) == 0
+
+    await wait_until(all_back, timeout=30, every=0.2)
+    await assert_counters_consistent(engine)
