@@ -63,6 +63,7 @@ __all__ = [
 _MAX_STREAK = 8  # caps the doubling of cooldowns and probe steps (2^8 is plenty)
 _LATENCY_FELL = 0.9  # after a latency cut, p50 must drop below this share to prove queueing
 _LATENCY_CUT_FLOOR = 0.5  # one latency cut keeps at least half the limit (p50 is noisy)
+_NO_LIMIT = 1e9  # a budget allowing more than this many requests in flight does not bind
 _BUDGET_MARGIN = 0.95  # aim just under the refill rate so the bucket never quite empties
 _SIGNAL_LABEL = {"rate_limited": "429", "unavailable": "503", "timeout": "timeout"}
 
@@ -371,7 +372,9 @@ def _budget(config: ControllerConfig, limit: int, window: WindowStats) -> _Budge
     def lasting(seconds: float) -> int:
         # The limit whose request rate (assumed proportional to the limit) the refill plus
         # the remaining budget can carry for `seconds`.
-        return math.floor(limit * (refill * _BUDGET_MARGIN + remaining / seconds) / sent)
+        allowed = limit * (refill * _BUDGET_MARGIN + remaining / seconds) / sent
+        # A reset of a microsecond makes this astronomically large (even inf): no constraint.
+        return math.floor(min(allowed, _NO_LIMIT))
 
     horizon = config.window * config.budget_horizon
     return _Budget(lasting(config.window), lasting(horizon), remaining, refill, sent)

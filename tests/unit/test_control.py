@@ -503,7 +503,9 @@ def test_remaining_requests_cap_growth_then_cut_before_any_429(
                 st.integers(0, 10**6),  # pending
                 st.none() | st.floats(0.0, 100.0),  # p50
                 st.integers(0, 50),  # 429s
-                st.none() | st.integers(0, 10**6),  # remaining
+                st.none() | st.integers(0, 10**12),  # remaining
+                st.none() | st.integers(0, 10**12),  # budget
+                st.none() | st.floats(0.0, 1e6),  # reset, seconds (down to 5e-324)
             ),
             st.tuples(
                 st.just("pressure"),
@@ -525,7 +527,7 @@ def test_limit_stays_within_bounds_whatever_happens(
     for event in events:
         now += 1.0
         if event[0] == "window":
-            _, done, flying, pending, p50, limited, remaining = event
+            _, done, flying, pending, p50, limited, remaining, budget, reset = event
             stats = WindowStats(
                 elapsed=WINDOW,
                 completions=done,
@@ -534,8 +536,8 @@ def test_limit_stays_within_bounds_whatever_happens(
                 latency_p50=p50,
                 rate_limited=limited,
                 ratelimit_remaining=remaining,
-                ratelimit_limit=1000,
-                ratelimit_reset=3.0,
+                ratelimit_limit=budget,
+                ratelimit_reset=reset,
             )
             state = decide(config, state, stats, now).state
         else:
@@ -603,3 +605,20 @@ def test_controller_modules_do_no_io_and_read_no_clock() -> None:
     impure |= {"random", "socket", "subprocess", "db", "logging"}
     for name in ("control.py", "control_state.py"):
         assert imported_packages(ROOT / "runner" / name) & impure == set(), name
+
+
+def test_a_budget_resetting_in_no_time_does_not_bind() -> None:
+    """x-ratelimit-reset-requests ≈ 0 with a huge budget: no overflow, the budget just allows."""
+    config = cfg()
+    state = replace(initial_state(config, 0.0), limit=40)
+    stats = WindowStats(
+        elapsed=WINDOW,
+        completions=500,
+        in_flight=40,
+        pending=DEEP,
+        latency_p50=0.4,
+        ratelimit_remaining=10,
+        ratelimit_limit=10**12,
+        ratelimit_reset=5e-324,
+    )
+    assert decide(config, state, stats, WINDOW).limit == 80
