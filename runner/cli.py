@@ -288,14 +288,35 @@ def errors(app: App, limit: int, as_json: bool) -> None:
 @click.option("--malformed-rate", default=0.0, type=click.FloatRange(0, 1))
 @click.option("--lumina-fail-rate", default=0.0, type=click.FloatRange(0, 1))
 @click.option("--seed", default=0, show_default=True, type=int)
-def sim(**options: Any) -> None:
-    """Serve the simulated image API (OpenAI-compatible + lumina queue) on loopback."""
+@click.option(
+    "--rpm",
+    default=0,
+    type=click.IntRange(0, 10_000_000),
+    help="Requests per minute (token bucket; 429 + x-ratelimit-* headers). 0 = unlimited.",
+)
+@click.option(
+    "--capacity-schedule",
+    metavar="SECONDS:SLOTS,...",
+    help='Move the capacity over time, e.g. "0:40,60:10,120:40".',
+)
+def sim(capacity_schedule: str | None, **options: Any) -> None:
+    """Serve the simulated image API (OpenAI-compatible + lumina queue) on loopback.
+
+    Live changes: POST /_sim/config with JSON of any of capacity, service_ms, queue_limit,
+    rpm, error_rate, rate_limit_rate.
+    """
     from runner.logs import setup_logging
     from workers.sim.app import run as run_sim
     from workers.sim.config import SimConfig
+    from workers.sim.schedule import parse_schedule
 
+    try:
+        schedule = parse_schedule(capacity_schedule) if capacity_schedule else ()
+        config = SimConfig(capacity_schedule=schedule, **options)
+    except ValueError as exc:  # e.g. fault rates adding up to more than 1
+        raise UserError(f"sim: {exc}") from None
     setup_logging("INFO")
-    run_sim(SimConfig(**options))
+    run_sim(config)
 
 
 @cli.command()

@@ -177,31 +177,59 @@ class _PolicyBase:
         paused = self._paused_until if self.is_paused(now) else None
         return Decision(limit=self._limit, reason=reason, paused_until=paused)
 
-    # The seed compares `now - last > interval` on a 10 s setInterval whose callbacks fire
-    # a few ms late, so in practice it stepped every 60 s. With an exact clock a strict `>`
-    # would step every 70 s instead, so we use `>=` to keep the seed's observed cadence.
     def _scale_up(self, pending: int, now: float, interval: float, why: str) -> str | None:
-        cfg = self.config
-        if pending > 2 * self._limit and self._limit < cfg.max and self._since_up(now) >= interval:
-            old = self._limit
-            self._limit = min(old + cfg.step, cfg.max)
-            self._last_up = now
-            return f"pending {pending} > 2×limit {old}{why}: {old} → {self._limit}"
-        return None
+        old = self._limit
+        new = seed_scale_up(
+            old,
+            pending,
+            max_limit=self.config.max,
+            step=self.config.step,
+            since_up=self._since_up(now),
+            interval=interval,
+        )
+        if new is None:
+            return None
+        self._limit, self._last_up = new, now
+        return f"pending {pending} > 2×limit {old}{why}: {old} → {new}"
 
     def _scale_down(self, pending: int, now: float) -> str | None:
-        cfg = self.config
-        # `2 * pending < limit` is the seed's `pending < limit / 2` without floats.
-        if (
-            2 * pending < self._limit
-            and self._limit > cfg.initial
-            and self._since_down(now) >= cfg.scale_down_interval
-        ):
-            old = self._limit
-            self._limit = max(old - cfg.step, cfg.initial)
-            self._last_down = now
-            return f"pending {pending} < limit {old}/2: {old} → {self._limit}"
-        return None
+        old = self._limit
+        new = seed_scale_down(
+            old,
+            pending,
+            floor=self.config.initial,
+            step=self.config.step,
+            since_down=self._since_down(now),
+            interval=self.config.scale_down_interval,
+        )
+        if new is None:
+            return None
+        self._limit, self._last_down = new, now
+        return f"pending {pending} < limit {old}/2: {old} → {new}"
+
+
+# The seed's rule as two pure functions, shared by the pool policies here and the provider
+# controller (runner/control.py).
+# The seed compares `now - last > interval` on a 10 s setInterval whose callbacks fire a few
+# ms late, so in practice it stepped every 60 s. With an exact clock a strict `>` would step
+# every 70 s instead, so we use `>=` to keep the seed's observed cadence.
+def seed_scale_up(
+    limit: int, pending: int, *, max_limit: int, step: int, since_up: float, interval: float
+) -> int | None:
+    """The seed's scale-up: limit + step (capped at max) when pending > 2 × limit, else None."""
+    if pending > 2 * limit and limit < max_limit and since_up >= interval:
+        return min(limit + step, max_limit)
+    return None
+
+
+def seed_scale_down(
+    limit: int, pending: int, *, floor: int, step: int, since_down: float, interval: float
+) -> int | None:
+    """The seed's scale-down: limit - step (not below floor) when pending < limit / 2."""
+    # `2 * pending < limit` is the seed's `pending < limit / 2` without floats.
+    if 2 * pending < limit and limit > floor and since_down >= interval:
+        return max(limit - step, floor)
+    return None
 
 
 def _join(*reasons: str | None) -> str | None:

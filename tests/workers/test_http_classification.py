@@ -26,11 +26,16 @@ def test_retry_after_seconds_and_http_date() -> None:
     """delta-seconds, an HTTP-date, a past date and garbage."""
     assert parse_retry_after("7") == 7.0
     assert (
-        parse_retry_after(format_datetime(NOW + timedelta(seconds=30), usegmt=True), now=NOW)
+        parse_retry_after(
+            format_datetime(NOW + timedelta(seconds=30), usegmt=True), now_wall=NOW.timestamp()
+        )
         == 30.0
     )
     assert (
-        parse_retry_after(format_datetime(NOW - timedelta(seconds=30), usegmt=True), now=NOW) == 0.0
+        parse_retry_after(
+            format_datetime(NOW - timedelta(seconds=30), usegmt=True), now_wall=NOW.timestamp()
+        )
+        == 0.0
     )
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None

@@ -17,7 +17,8 @@ from workers.errors import (
     RateLimited,
     TransientError,
 )
-from workers.providers.retry import RetryPolicy, parse_retry_after, with_retries
+from workers.headers import parse_retry_after
+from workers.providers.retry import RetryPolicy, with_retries
 from workers.providers.secrets import Redactor
 
 T = TypeVar("T")

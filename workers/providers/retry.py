@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import email.utils
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
@@ -41,24 +39,6 @@ class RetryPolicy:
     # Told of every error a retry absorbs (a 429 waited out here is still pressure the
     # caller's concurrency policy must hear about).
     on_retry: Callable[[BaseException], None] | None = field(default=None, compare=False)
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class WaitRetryAfter(wait_base):

@@ -12,7 +12,7 @@ import anyio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from workers.sim import lumina_api, openai_api
+from workers.sim import admin, lumina_api, openai_api
 from workers.sim.config import SimConfig
 from workers.sim.state import STATE, SimState
 
@@ -24,41 +24,52 @@ async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count API requests and the in-flight gauge; /_sim routes are not counted."""
     if request.path.startswith("/_sim/"):
         return await handler(request)
-    stats = request.app[STATE].stats
-    stats.enter()
-    try:
-        return await handler(request)
-    finally:
-        stats.leave()
-
-
-async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response(
-        state.stats.to_json(queued=state.capacity.waiting, busy=state.capacity.busy)
-    )
+    state.refresh()
+    state.stats.enter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # e.g. 404 for an unknown path: still an API response
+        exc.headers.update(state.ratelimit_headers())
+        raise
+    finally:
+        state.stats.leave()
+    # Every API response tells the client its request budget, as OpenAI's do.
+    response.headers.update(state.ratelimit_headers())
+    return response
 
 
-async def _reset(request: web.Request) -> web.Response:
-    request.app[STATE].stats.reset()
-    return web.json_response({"ok": True})
+async def _follow_schedule(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: apply capacity steps on time for the app's lifetime."""
+    task = asyncio.create_task(app[STATE].follow_schedule())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _close(app: web.Application) -> None:
     await app[STATE].close()
 
 
-def build_app(config: SimConfig) -> web.Application:
-    """An aiohttp app speaking the OpenAI images API and the lumina queue protocol."""
+def build_app(config: SimConfig, *, clock: Callable[[], float] | None = None) -> web.Application:
+    """An aiohttp app speaking the OpenAI images API and the lumina queue protocol.
+
+    `clock` (monotonic seconds) drives the rpm bucket and the capacity schedule; tests pass a
+    fake one to step time exactly.
+    """
     app = web.Application(middlewares=[_count])
-    app[STATE] = SimState(config)
+    app[STATE] = SimState(config) if clock is None else SimState(config, clock)
     app.router.add_post("/v1/images/generations", openai_api.generations)
     app.router.add_get("/v1/images/{image_id}.png", openai_api.image)
     app.router.add_post("/v1/tasks", lumina_api.submit)
     app.router.add_get("/v1/tasks/{task_uuid}", lumina_api.poll)
     app.router.add_delete("/v1/tasks/{task_uuid}", lumina_api.cancel)
-    app.router.add_get("/_sim/stats", _stats)
-    app.router.add_post("/_sim/reset", _reset)
+    app.router.add_get("/_sim/stats", admin.stats)
+    app.router.add_post("/_sim/reset", admin.reset)
+    app.router.add_get("/_sim/config", admin.get_config)
+    app.router.add_post("/_sim/config", admin.post_config)
+    app.cleanup_ctx.append(_follow_schedule)
     # on_shutdown runs before aiohttp waits for handlers, so hung ones are released first.
     app.on_shutdown.append(_close)
     return app
@@ -74,9 +85,11 @@ class RunningSim:
 
 
 @contextlib.asynccontextmanager
-async def running(config: SimConfig) -> AsyncIterator[RunningSim]:
+async def running(
+    config: SimConfig, *, clock: Callable[[], float] | None = None
+) -> AsyncIterator[RunningSim]:
     """Listen for the duration of the block; port 0 picks a free port."""
-    app = build_app(config)
+    app = build_app(config, clock=clock)
     # handler_cancellation: a client that gives up on a hung request frees its handler.
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5)
     await runner.setup()

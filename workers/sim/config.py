@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workers.sim.schedule import MAX_CAPACITY, check_schedule
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -29,6 +31,10 @@ class SimConfig:
     max_jobs_kept: int = 50_000  # lumina jobs kept for polling (oldest finished dropped)
     max_n: int = 10  # most images per request, as OpenAI
     max_side: int = 4096  # largest accepted width or height before scaling
+    rpm: int = 0  # requests per minute (token bucket, a minute's worth of burst); 0 = unlimited
+    # (seconds since start, service slots), ascending: the capacity moves at those times.
+    capacity_schedule: tuple[tuple[float, int], ...] = ()
+    admin_body_timeout_s: float = 5.0  # a POST /_sim/config body must arrive within this
 
     def __post_init__(self) -> None:
         rates = {
@@ -47,7 +53,15 @@ class SimConfig:
             raise ValueError(f"the four fault rates add up to {fault_total:g}, more than 1")
         if self.capacity < 1 or self.queue_limit < 0 or self.service_ms < 0:
             raise ValueError("capacity must be >= 1, queue_limit >= 0 and service_ms >= 0")
+        if self.capacity > MAX_CAPACITY:
+            raise ValueError(f"capacity must be at most {MAX_CAPACITY}, got {self.capacity}")
         if not 0 < self.image_scale <= 1:
             raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not 0 <= self.rpm <= MAX_RPM:
+            raise ValueError(f"rpm must be 0..{MAX_RPM}, got {self.rpm}")
+        check_schedule(self.capacity_schedule)
+
+
+MAX_RPM = 10_000_000

@@ -23,6 +23,10 @@ class FaultInjector:
     def __init__(self, config: SimConfig) -> None:
         self._rng = random.Random(config.seed)
         self._job_rng = random.Random(f"jobs-{config.seed}")
+        self.set_rates(config)
+
+    def set_rates(self, config: SimConfig) -> None:
+        """Take the rates from `config` (live changes keep the random streams going)."""
         self._thresholds = [
             (Fault.ERROR, config.error_rate),
             (Fault.RATE_LIMIT, config.rate_limit_rate),

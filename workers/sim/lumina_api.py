@@ -77,6 +77,7 @@ async def _run(
             rendered = await state.render(gen.render_prompt, gen.seed, index, size)
             job.image_ids.append(state.keep_image(rendered.png))
         job.status = "succeeded"
+        state.stats.completed += gen.count
 
 
 def _job(request: web.Request) -> Job | web.Response:

@@ -44,6 +44,7 @@ async def generations(request: web.Request) -> web.Response:
             data = await _images(request, state, gen, response_format)
     except QueueFull as exc:
         return responses.queue_full(state, exc)
+    state.stats.completed += gen.count
     return web.json_response({"created": responses.now(), "data": data})
 
 

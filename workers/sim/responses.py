@@ -87,10 +87,12 @@ def now() -> int:
 async def admit(
     request: web.Request, state: SimState, broken_bodies: list[str]
 ) -> dict[str, Any] | web.Response:
-    """A POST's common start: count its key, inject a fault if one is due, parse its body."""
+    """A POST's common start: count its key, spend an rpm token, maybe inject a fault, parse."""
     key = request.headers.get("Idempotency-Key")
     if key:
         state.stats.by_key[key] += 1
+    if (wait := state.take_request()) is not None:
+        return rate_limited(state, wait, "Rate limit reached for requests per minute.")
     # The fault check is skipped outright when no fault is configured: this is the hot path.
     if state.faults.active and (fault := await injected(state, broken_bodies)) is not None:
         return fault

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from workers.sim.capacity import CapacityModel
 from workers.sim.config import SimConfig
 from workers.sim.faults import FaultInjector
+from workers.sim.ratelimit import TokenBucket
 from workers.sim.render import RenderCache, Rendered, render_png
+from workers.sim.schedule import ScheduleCursor
 from workers.sim.stats import SimStats
 
 _EVICTION_SCAN = 100  # extra old jobs looked at when some of the oldest still run
+# What POST /_sim/config may change while the sim runs.
+LIVE_KEYS = ("capacity", "service_ms", "queue_limit", "rpm", "error_rate", "rate_limit_rate")
 
 
 @dataclass
@@ -34,8 +42,10 @@ class Job:
 class SimState:
     """Capacity, faults, stats, kept images and jobs of one sim app."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock  # monotonic seconds; injectable so rate and schedule tests are exact
+        start = clock()
         self.capacity = CapacityModel(
             capacity=config.capacity,
             queue_limit=config.queue_limit,
@@ -50,6 +60,51 @@ class SimState:
         self.jobs_by_key: dict[str, str] = {}
         self._images: OrderedDict[str, bytes] = OrderedDict()
         self._renders = RenderCache()
+        self.bucket = TokenBucket(config.rpm, start) if config.rpm else None
+        self.schedule = ScheduleCursor(config.capacity_schedule, start)
+        self.refresh()  # a step at 0 s applies from the first request
+
+    def refresh(self) -> float:
+        """Apply the capacity schedule's due step, if any; return the clock's time."""
+        now = self.clock()
+        capacity = self.schedule.due(now)
+        if capacity is not None and capacity != self.config.capacity:
+            self.reconfigure({"capacity": capacity})
+        return now
+
+    def reconfigure(self, changes: Mapping[str, Any]) -> SimConfig:
+        """Apply live changes all at once; a ValueError (from SimConfig) changes nothing."""
+        config = dataclasses.replace(self.config, **changes)
+        self.config = config
+        self.capacity.reconfigure(
+            capacity=config.capacity, queue_limit=config.queue_limit, service_ms=config.service_ms
+        )
+        self.faults.set_rates(config)
+        if not config.rpm:
+            self.bucket = None
+        elif self.bucket is None:
+            self.bucket = TokenBucket(config.rpm, self.clock())
+        else:
+            self.bucket.set_rpm(config.rpm, self.clock())
+        return config
+
+    def live_settings(self) -> dict[str, Any]:
+        """The settings POST /_sim/config can change, as they are now."""
+        return {key: getattr(self.config, key) for key in LIVE_KEYS}
+
+    def take_request(self) -> int | None:
+        """Spend a request from the rpm budget: None if allowed, else Retry-After seconds."""
+        return None if self.bucket is None else self.bucket.take(self.clock())
+
+    def ratelimit_headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers every API response carries while rpm is set."""
+        return {} if self.bucket is None else self.bucket.headers(self.clock())
+
+    async def follow_schedule(self) -> None:
+        """Apply each schedule step at its time, so waiters wake even with no new traffic."""
+        while (at := self.schedule.next_at()) is not None:
+            await asyncio.sleep(max(0.0, at - self.clock()))
+            self.refresh()
 
     def scaled(self, width: int, height: int) -> tuple[int, int]:
         """Apply image_scale, keeping at least one pixel per side."""

@@ -20,7 +20,8 @@ class SimStats:
     max_in_flight: int = 0
     rate_limited: int = 0
     faults: Counter[str] = field(default_factory=Counter)
-    images: int = 0
+    images: int = 0  # PNGs rendered
+    completed: int = 0  # images of generations that finished (answered 200 / job succeeded)
     canceled: int = 0
 
     def enter(self) -> None:
@@ -39,7 +40,7 @@ class SimStats:
 
     def reset(self) -> None:
         """Zero every counter but keep the live in_flight gauge."""
-        self.requests = self.rate_limited = self.images = self.canceled = 0
+        self.requests = self.rate_limited = self.images = self.completed = self.canceled = 0
         self.by_key.clear()
         self.submissions_by_subtask.clear()
         self.faults.clear()
@@ -58,5 +59,6 @@ class SimStats:
             "rate_limited": self.rate_limited,
             "faults": {f.value: self.faults[f.value] for f in Fault},
             "images": self.images,
+            "completed": self.completed,
             "canceled": self.canceled,
         }
