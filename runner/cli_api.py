@@ -210,4 +210,3 @@ def register(cli: click.Group) -> None:
     """Add these commands to the `imgrun` group."""
     for command in (serve, token_group, results, alerts_group):
         cli.add_command(command)
-

@@ -9,7 +9,7 @@ import secrets
 from aiohttp import web
 
 from db import api_queries
-from runner.api.context import ENGINE
+from runner.api.context import ENGINE, TOKEN_NAME
 from runner.api.errors import ApiError, Handler
 from runner.errors import UserError
 
@@ -56,5 +56,5 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     name = await api_queries.token_name(request.app[ENGINE], hash_token(token)) if token else None
     if name is None:
         raise ApiError(401, "missing or invalid bearer token", "Authorization")
-    request["token_name"] = name
+    request[TOKEN_NAME] = name
     return await handler(request)

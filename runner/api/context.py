@@ -13,3 +13,4 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 CONFIG = web.AppKey("config", Config)
 IMAGES = web.AppKey("images", Path)  # the output directory the runners write images to
 STREAMS = web.AppKey("streams", list[int])  # open /v1/events streams (a one-item counter)
+TOKEN_NAME = web.RequestKey("token_name", str)  # who made the request (set by auth)

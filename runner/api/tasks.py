@@ -9,7 +9,7 @@ from yarl import URL
 
 from db import api_queries, queries
 from db.models import TASK_STATUSES
-from runner.api.context import CONFIG, ENGINE
+from runner.api.context import CONFIG, ENGINE, TOKEN_NAME
 from runner.api.errors import ApiError, split_field
 from runner.api.params import MAX_ID, choice_param, int_param, path_id
 from runner.errors import UserError
@@ -64,7 +64,7 @@ async def create_task(request: web.Request) -> web.Response:
         key = check_key(key, KEY_HEADER) if key is not None else None
     except UserError as exc:
         raise _spec_error(exc, 400) from None
-    engine, user = request.app[ENGINE], request["token_name"]
+    engine, user = request.app[ENGINE], request[TOKEN_NAME]
     created = True
     if key is None:
         task_id = await submit(engine, expansion, user)
