@@ -56,7 +56,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         )
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):
-            await response.write(b"retry: 3000\n\n")
             try:
                 await _stream(request, response, task_id)
             except ConnectionError:
@@ -77,6 +76,8 @@ async def _stream(request: web.Request, response: web.StreamResponse, task_id: i
     with anyio.move_on_after(settings.event_stream_seconds):
         now, rows = await api_queries.task_changes(engine, since, task_id=task_id)
         feed.update(rows)
+        # Sent once the stream knows where things stand: every change after this is an event.
+        await response.write(b"retry: 3000\n\n")
         if task_id is not None and rows and rows[0]["status"] in FINAL:
             # Already over: say so at once and end, so a script waiting on it can go on.
             finished = FeedEvent("task.finished", task_id, finished_data(rows[0]))
@@ -84,6 +85,8 @@ async def _stream(request: web.Request, response: web.StreamResponse, task_id: i
             return
         while True:
             await anyio.sleep(settings.events_interval)
+            if request.transport is None or request.transport.is_closing():
+                return  # the client left: free the slot now, not at the next write
             since = now - SLACK if task_id is None else EPOCH
             now, rows = await api_queries.task_changes(engine, since, task_id=task_id)
             for event in feed.update(rows):
