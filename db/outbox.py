@@ -65,9 +65,9 @@ RECORD = text(
     UPDATE outbox
     SET delivered_to = ARRAY(
             SELECT DISTINCT unnest(delivered_to || CAST(:targets AS text[])) ORDER BY 1),
-        state = :state,
-        delivered_at = CASE WHEN :state = 'delivered' THEN now() END,
-        next_attempt_at = CASE WHEN :state = 'pending'
+        state = CAST(:state AS text),
+        delivered_at = CASE WHEN CAST(:state AS text) = 'delivered' THEN now() END,
+        next_attempt_at = CASE WHEN CAST(:state AS text) = 'pending'
                                THEN now() + make_interval(secs => :retry_in)
                                ELSE next_attempt_at END,
         last_error = :error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,7 @@ class Delivery:
     body: bytes
     headers: dict[str, str]
     status: int  # what the receiver answered
+    at: float  # time.monotonic() on arrival
 
     @property
     def signed(self) -> bool:
@@ -131,7 +133,8 @@ async def receiver() -> AsyncIterator[Receiver]:
         me = holder[0]
         status = 500 if me.fail_next > 0 else 200
         me.fail_next = max(0, me.fail_next - 1)
-        me.deliveries.append(Delivery(await request.read(), dict(request.headers), status))
+        body = await request.read()
+        me.deliveries.append(Delivery(body, dict(request.headers), status, time.monotonic()))
         me.nudge()
         return web.Response(status=status)
 
