@@ -101,21 +101,7 @@ class AlertDelivery:
                 self.engine, event.id, event.attempts, (), state="failed", error="expired"
             )
             return
-        hooks = [
-            h for h in self.hooks if h.wants(event.event) and h.target not in event.delivered_to
-        ]
-        body = delivery_body(str(event.id), event.event, event.created_at, event.payload)
-        errors: dict[str, str] = {}
-
-        async def one(hook: Hook) -> None:
-            error = await post(session, hook, body, event=event.event, event_id=str(event.id))
-            if error is not None:
-                errors[hook.target] = error
-
-        async with anyio.create_task_group() as group:
-            for hook in hooks:
-                group.start_soon(one, hook)
-        took = [h.target for h in hooks if h.target not in errors]
+        took, errors = await self._post_all(session, event)
         if not errors:
             await outbox.record_attempt(
                 self.engine, event.id, event.attempts, took, state="delivered"
@@ -124,7 +110,7 @@ class AlertDelivery:
         settings = self.settings
         retry_in = retry_delay(event.attempts, settings.retry_base, settings.retry_max_delay)
         state = next_state(age, retry_in, settings.max_age)
-        reason = "; ".join(sorted(errors.values()))
+        reason = "; ".join(sorted(errors))
         await outbox.record_attempt(
             self.engine,
             event.id,
@@ -134,20 +120,37 @@ class AlertDelivery:
             retry_in=retry_in,
             error=reason,
         )
+        what = f"alert {event.event} {event.id}"
         if state == "failed":
-            log.error(
-                "alert %s %s: giving up after %d attempts: %s",
-                event.event,
-                event.id,
-                event.attempts,
-                reason,
-            )
+            log.error("%s: giving up after %d attempts: %s", what, event.attempts, reason)
         else:
             log.warning(
-                "alert %s %s: attempt %d failed (%s); again in %.0f s",
-                event.event,
-                event.id,
+                "%s: attempt %d failed (%s); again in %.1f s",
+                what,
                 event.attempts,
                 reason,
                 retry_in,
             )
+
+    async def _post_all(
+        self, session: aiohttp.ClientSession, event: OutboxEvent
+    ) -> tuple[list[str], list[str]]:
+        """POST to every subscribed hook that lacks the event: (hooks that took it, errors)."""
+        hooks = [
+            h for h in self.hooks if h.wants(event.event) and h.target not in event.delivered_to
+        ]
+        body = delivery_body(str(event.id), event.event, event.created_at, event.payload)
+        took: list[str] = []
+        errors: list[str] = []
+
+        async def one(hook: Hook) -> None:
+            error = await post(session, hook, body, event=event.event, event_id=str(event.id))
+            if error is None:
+                took.append(hook.target)
+            else:
+                errors.append(error)
+
+        async with anyio.create_task_group() as group:
+            for hook in hooks:
+                group.start_soon(one, hook)
+        return took, errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import anyio
@@ -338,4 +339,14 @@ async def test_openapi_describes_exactly_the_routes(api: Api, engine: AsyncEngin
     }
     assert served == described
     async with api.client.get("/v1/openapi.json") as response:
-        assert (await response.json())["openapi"] == "3.1.0"
+        served_document = await response.json()
+    assert served_document == document() and served_document["openapi"] == "3.1.0"
+    # Every reference resolves, and every guarded operation documents its 401.
+    refs = re.findall(r'"\$ref": "#/([^"]+)"', json.dumps(served_document))
+    for ref in refs:
+        node: Any = served_document
+        for part in ref.split("/"):
+            node = node[part]
+    for path, item in served_document["paths"].items():
+        for operation in item.values():
+            assert ("401" in operation["responses"]) is (path != "/healthz"), path
