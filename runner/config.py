@@ -149,6 +149,7 @@ class ApiSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=0, le=65535)
     max_body: int = Field(default=1 << 20, ge=1024, le=64 << 20)  # bytes of one request body
+    request_timeout: float = Field(default=60.0, gt=0)  # seconds, body upload included
     max_event_streams: int = Field(default=100, ge=1)  # concurrent /v1/events clients
     event_stream_seconds: float = Field(default=3600.0, gt=0)  # then the client reconnects
     events_interval: float = Field(default=1.0, gt=0)  # how often /v1/events looks for changes

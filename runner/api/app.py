@@ -1,4 +1,4 @@
-"""The aiohttp application: middlewares (errors, auth, body cap) and every route."""
+"""The aiohttp application: middlewares (errors, time limit, auth, body cap) and every route."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from runner.api import events, results, system, tasks
 from runner.api.auth import auth_middleware
 from runner.api.context import CONFIG, ENGINE, IMAGES, STREAMS
 from runner.api.errors import error_middleware
+from runner.api.limits import timeout_middleware
 from runner.config import Config
 
 
@@ -18,7 +19,8 @@ def build_app(engine: AsyncEngine, config: Config, images: Path) -> web.Applicat
     """The API over `engine`, serving images the runners stored under `images`."""
     # client_max_size makes aiohttp refuse (413) a body above the cap while reading it.
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=config.api.max_body
+        middlewares=[error_middleware, timeout_middleware, auth_middleware],
+        client_max_size=config.api.max_body,
     )
     app[ENGINE] = engine
     app[CONFIG] = config

@@ -23,7 +23,7 @@ async def results(request: web.Request) -> web.Response:
     """Subtasks in ordinal order with their images' URLs and sha256; `after` pages."""
     task_id = path_id(request.match_info["id"])
     after = int_param(request.query, "after", default=-1, low=-1, high=MAX_ORDINAL)
-    limit = int_param(request.query, "limit", default=1000, low=1, high=5000)
+    limit = int_param(request.query, "limit", default=500, low=1, high=1000)
     assert after is not None and limit is not None
     engine = request.app[ENGINE]
     task = await api_queries.task_header(engine, task_id)

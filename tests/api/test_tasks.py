@@ -350,3 +350,22 @@ async def test_openapi_describes_exactly_the_routes(api: Api, engine: AsyncEngin
     for path, item in served_document["paths"].items():
         for operation in item.values():
             assert ("401" in operation["responses"]) is (path != "/healthz"), path
+
+
+async def test_a_stalled_upload_is_cut_off_at_the_request_timeout(
+    start_api: ApiFactory, engine: AsyncEngine
+) -> None:
+    """A client that promises 1000 bytes and sends 10 gets a 408 after [api] request_timeout."""
+    api = await start_api({"api": {"request_timeout": 0.5}})
+    port = int(api.url.rsplit(":", 1)[1])
+    head = (
+        "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {api.token}\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with anyio.fail_after(10):
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(head.encode() + b'{"name": "')
+            reply = await stream.receive()
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert b"request not finished within 0.5 s" in reply
+    assert await counts(engine) == (0, 0)
