@@ -158,7 +158,8 @@ def hook_config(env: dict[str, str], url: str) -> dict[str, str]:
     """Write a config with one webhook to `url`; return the env with its secret set."""
     hook = {"url": url, "secret_env": "HOOK_SECRET", "name": "ops"}
     Path(env["IMGRUN_CONFIG"]).write_text(
-        "[[alerts.webhooks]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in hook.items())
+        "[alerts]\ninterval = 0.1\n[[alerts.webhooks]]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in hook.items())
     )
     return {**env, "HOOK_SECRET": SECRET}
 
@@ -196,16 +197,18 @@ async def stop(process: Process) -> int:
     return await process.wait()
 
 
-async def test_serve_answers_and_stops_on_sigterm(env: dict[str, str]) -> None:
-    """`imgrun serve`: healthz without a token, /v1 with one; SIGTERM exits 0."""
+async def test_serve_answers_delivers_alerts_and_stops_on_sigterm(
+    env: dict[str, str], receiver: Receiver
+) -> None:
+    """`imgrun serve`: healthz without a token, /v1 with one, webhooks sent; SIGTERM exits 0."""
     status, stdout, _ = await imgrun(env, "token", "create", "ops")
     assert status == 0
-    token = stdout.strip()
+    auth = {"Authorization": f"Bearer {stdout.strip()}"}
     port = free_port()
-    process = await anyio.open_process([*IMGRUN, "serve", "--port", str(port)], env=env)
+    served = hook_config(env, receiver.url)
+    process = await anyio.open_process([*IMGRUN, "serve", "--port", str(port)], env=served)
     try:
-        base = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession(base_url=base) as client:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as client:
 
             async def healthy() -> bool:
                 try:
@@ -217,9 +220,18 @@ async def test_serve_answers_and_stops_on_sigterm(env: dict[str, str]) -> None:
             await wait_until(healthy, timeout=30)
             async with client.get("/v1/tasks") as response:
                 assert response.status == 401
-            auth = {"Authorization": f"Bearer {token}"}
-            async with client.get("/v1/tasks", headers=auth) as response:
-                assert response.status == 200 and await response.json() == []
+            spec = {"name": "served", "prompts": ["a"]}
+            async with client.post("/v1/tasks", json=spec, headers=auth) as response:
+                task_id = (await response.json())["id"]
+            async with client.post(f"/v1/tasks/{task_id}/cancel", headers=auth) as response:
+                assert response.status == 200
+
+            async def alerted() -> bool:
+                return bool(receiver.accepted())
+
+            await wait_until(alerted)
+        body = json.loads(receiver.accepted()[0].body)
+        assert (body["event"], body["data"]["task_id"]) == ("task.finished", task_id)
     finally:
         assert await stop(process) == 0
 
