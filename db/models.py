@@ -1,7 +1,8 @@
-"""SQLAlchemy 2 typed models: tasks, subtasks, error_logs, executors."""
+"""SQLAlchemy 2 typed models: tasks, subtasks, error_logs, executors, and the API/alerts tables."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -17,10 +18,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -36,6 +38,7 @@ NAMING_CONVENTION = {
 POOLS = ("standard", "lumina")
 TASK_STATUSES = ("pending", "running", "completed", "failed", "partial", "canceled")
 SUBTASK_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
+OUTBOX_STATES = ("pending", "delivered", "failed")
 
 TZ = DateTime(timezone=True)
 
@@ -175,3 +178,66 @@ class Executor(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     stopped_at: Mapped[datetime | None] = mapped_column(TZ)
     pools: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class ApiToken(Base):
+    """A bearer token for the HTTP API: only its sha256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    last_used_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class Submission(Base):
+    """An idempotency key: the submit it guarded (request hash) and the task it created."""
+
+    __tablename__ = "submissions"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # Indexed: deleting a task (pruning) finds its key without a scan.
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class Outbox(Base):
+    """Alert events, written in the transaction that caused them; delivered at least once."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint(_in("state", OUTBOX_STATES), name="state"),
+        # The delivery claim is one scan of this partial index, in due order.
+        Index("ix_outbox_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+        Index("ix_outbox_event_created_at", "event", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    event: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    state: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Hashes of the webhooks that already have it, so a retry skips them.
+    delivered_to: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{}'::text[]")
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    next_attempt_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class ProviderPressure(Base):
+    """429/5xx failures per provider over time (insert-only, from a trigger on error_logs)."""
+
+    __tablename__ = "provider_pressure"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(TZ, server_default=func.now(), index=True)
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -3,63 +3,31 @@
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
-from db.engine import DatabaseURLError, database_url, open_engine
-from runner.config import Config, Environment, load_config
+from db.api_queries import KeyReused
+from db.engine import DatabaseURLError, database_url
+from runner import cli_api
+from runner.cli_app import App, err, out, pass_app, print_json
+from runner.config import Environment, load_config
 from runner.errors import UserError
-from runner.spec import expand, load_spec
+from runner.spec import Expansion, load_spec
+from runner.submit import check_key, prepare, submit_once, summary
 from runner.submit import submit as submit_expansion
 from runner.views import demo_summary, errors_table, task_detail, tasks_table
 
-T = TypeVar("T")
-
-out = Console()
-err = Console(stderr=True)
-
 PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is worth drawing
-
-
-class App:
-    """What every command needs: the environment read at start-up and the merged config."""
-
-    def __init__(self, env: Environment, config: Config) -> None:
-        self.env = env
-        self.config = config
-
-    def with_engine(
-        self, work: Callable[[AsyncEngine], Awaitable[T]], *, upgrade: bool = True
-    ) -> T:
-        """Run `work` on an engine to the configured (or embedded) database."""
-
-        async def main(url: str) -> T:
-            async with open_engine(url, upgrade=upgrade) as engine:
-                return await work(engine)
-
-        with database_url(self.env.home, self.env.database_url) as url:
-            return anyio.run(main, url)
-
-
-pass_app = click.make_pass_decorator(App)
-
-
-def print_json(data: Any) -> None:
-    """Machine output: one JSON document on stdout."""
-    click.echo(json.dumps(queries.jsonable(data), indent=2, sort_keys=True))
 
 
 @click.group()
@@ -75,61 +43,67 @@ def cli(ctx: click.Context) -> None:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show the expansion; write nothing.")
 @click.option("--user", "user_id", help="Owner of the task (default: the OS user).")
+@click.option("--key", help="Idempotency key: a repeat with the same spec returns the same task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
-def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_json: bool) -> None:
+def submit(
+    app: App, spec_path: Path, dry_run: bool, user_id: str | None, key: str | None, as_json: bool
+) -> None:
     """Expand SPEC (YAML or JSON) into subtasks and queue them."""
     spec = load_spec(spec_path)
-    if spec.provider not in app.config.providers:
-        known = ", ".join(sorted(app.config.providers))
-        raise UserError(f"provider: unknown provider {spec.provider!r} (configured: {known})")
-    expansion = expand(spec, max_subtasks=app.config.submit.max_subtasks)
-    summary = {
-        "name": spec.name,
-        "pool": expansion.pool,
-        "provider": spec.provider,
-        "priority": spec.priority,
-        "seed": expansion.seed,
-        "total_subtasks": expansion.total_subtasks,
-        "total_images": expansion.total_images,
-    }
+    expansion = prepare(spec, app.config)
+    if key is not None:
+        check_key(key, "--key")
+    info = summary(expansion)
     if dry_run:
-        preview = [vars(s) for _, s in zip(range(5), expansion.subtasks(), strict=False)]
-        if as_json:
-            print_json({**summary, "preview": preview})
-            return
-        out.print(
-            f"[bold]{spec.name}[/]: {expansion.total_subtasks:,} subtasks,"
-            f" {expansion.total_images:,} images, pool {expansion.pool},"
-            f" provider {spec.provider}, seed {expansion.seed} (dry run: nothing written)"
-        )
-        for item in preview:
-            out.print(f"  #{item['ordinal']} seed {item['params']['seed']}: {item['prompt']}")
-        if expansion.total_subtasks > len(preview):
-            out.print(f"  … and {expansion.total_subtasks - len(preview):,} more")
+        _dry_run(expansion, info, as_json)
         return
-
     user = user_id or getpass.getuser()
     show_bar = expansion.total_subtasks >= PROGRESS_THRESHOLD and not as_json
 
-    async def write(engine: AsyncEngine) -> int:
+    async def write(engine: AsyncEngine) -> tuple[int, bool]:
+        if key is not None:
+            try:
+                done = await submit_once(engine, expansion, user, key)
+            except KeyReused as exc:
+                raise UserError(f"--key {key}: {exc}") from None
+            return done.task_id, done.created
         if not show_bar:
-            return await submit_expansion(engine, expansion, user)
+            return await submit_expansion(engine, expansion, user), True
         columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn())
         with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
             job = bar.add_task("writing subtasks", total=expansion.total_subtasks)
-            return await submit_expansion(
+            task_id = await submit_expansion(
                 engine, expansion, user, on_progress=lambda n: bar.advance(job, n)
             )
+            return task_id, True
 
-    task_id = app.with_engine(write)
+    task_id, created = app.with_engine(write)
     if as_json:
-        print_json({"task_id": task_id, **summary})
+        print_json({"task_id": task_id, "created": created, **info})
+    elif not created:
+        out.print(f"task [bold]{task_id}[/] was already submitted with --key {key}; nothing new")
     else:
         out.print(
             f"submitted task [bold]{task_id}[/] ({spec.name}): {expansion.total_subtasks:,}"
             f" subtasks, {expansion.total_images:,} images, pool {expansion.pool}"
         )
+
+
+def _dry_run(expansion: Expansion, info: dict[str, Any], as_json: bool) -> None:
+    preview = [vars(s) for _, s in zip(range(5), expansion.subtasks(), strict=False)]
+    if as_json:
+        print_json({**info, "preview": preview})
+        return
+    out.print(
+        f"[bold]{info['name']}[/]: {expansion.total_subtasks:,} subtasks,"
+        f" {expansion.total_images:,} images, pool {expansion.pool},"
+        f" provider {info['provider']}, seed {expansion.seed} (dry run: nothing written)"
+    )
+    for item in preview:
+        out.print(f"  #{item['ordinal']} seed {item['params']['seed']}: {item['prompt']}")
+    if expansion.total_subtasks > len(preview):
+        out.print(f"  … and {expansion.total_subtasks - len(preview):,} more")
 
 
 @cli.command("tasks")
@@ -371,6 +345,9 @@ def demo(app: App, log_level: str, service_ms: float | None) -> None:
 
     summary = app.with_engine(main)
     out.print(demo_summary(summary))
+
+
+cli_api.register(cli)
 
 
 def _exit_on_sigterm() -> None:

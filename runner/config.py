@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.errors import UserError
 
 PolicyName = Literal["adaptive", "queue-depth"]
+EventName = Literal["task.finished", "runner.lost", "provider.degraded", "error.new"]
+ALL_EVENTS: tuple[EventName, ...] = (
+    "task.finished",
+    "runner.lost",
+    "provider.degraded",
+    "error.new",
+)
+ENV_PREFIX = "IMGRUN_"
+ENV_NESTING = "__"  # IMGRUN_POOLS__STANDARD__MAX is pools.standard.max
 PoolName = Literal["standard", "lumina"]
 ProviderType = Literal["sim", "openai", "lumina", "comfyui", "null"]
 
@@ -85,6 +96,66 @@ class SubmitSettings(_Strict):
     max_subtasks: int = Field(default=100_000, ge=1)
 
 
+class WebhookSettings(_Strict):
+    """One `[[alerts.webhooks]]`: where to POST which events, signed with a secret from the env."""
+
+    url: str = Field(min_length=1, max_length=2000)
+    secret_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the NAME, never the secret
+    events: tuple[EventName, ...] = Field(default=ALL_EVENTS, min_length=1)
+    name: str | None = Field(default=None, max_length=100)  # for logs; default: the URL's host
+    timeout: float = Field(default=10.0, gt=0, le=120)  # seconds per delivery attempt
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+        return url
+
+    @property
+    def label(self) -> str:
+        """How logs name this hook: never by its full URL, which may hold a secret."""
+        return self.name or urlsplit(self.url).hostname or "webhook"
+
+
+class AlertSettings(_Strict):
+    """Webhook alerts: delivery schedule and the watchdog's thresholds (seconds)."""
+
+    webhooks: tuple[WebhookSettings, ...] = ()
+    interval: float = Field(default=2.0, gt=0)  # how often due deliveries are looked for
+    retry_base: float = Field(default=5.0, gt=0)  # retry n waits retry_base × 2^n …
+    retry_max_delay: float = Field(default=3600.0, gt=0)  # … at most this long
+    max_age: float = Field(default=86400.0, gt=0)  # then the event is given up
+    lease: float = Field(default=120.0, gt=0)  # a claimed event is free again after this
+    retention: float = Field(default=7 * 86400.0, gt=0)  # delivered events are kept this long
+    watchdog_interval: float = Field(default=15.0, gt=0)
+    runner_lost_after: float = Field(default=40.0, gt=0)  # heartbeat silence that means lost
+    degraded_window: float = Field(default=300.0, gt=0)
+    degraded_share: float = Field(default=0.5, gt=0, le=1)  # 429/5xx ÷ (those + completions)
+    degraded_min_events: int = Field(default=20, ge=1)  # 429/5xx needed in the window
+    degraded_cooldown: float = Field(default=900.0, ge=0)  # per provider, between alerts
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> AlertSettings:
+        slowest = max((hook.timeout for hook in self.webhooks), default=0.0)
+        if self.lease <= slowest:
+            raise ValueError(f"lease ({self.lease}) must exceed every webhook timeout ({slowest})")
+        return self
+
+
+class ApiSettings(_Strict):
+    """`imgrun serve`: where it listens and how much it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    max_body: int = Field(default=1 << 20, ge=1024, le=64 << 20)  # bytes of one request body
+    request_timeout: float = Field(default=60.0, gt=0)  # seconds, body upload included
+    max_event_streams: int = Field(default=100, ge=1)  # concurrent /v1/events clients
+    event_stream_seconds: float = Field(default=3600.0, gt=0)  # then the client reconnects
+    events_interval: float = Field(default=1.0, gt=0)  # how often /v1/events looks for changes
+
+
 STANDARD_POOL = PoolConfig(
     initial=10, max=50, step=5, scale_up_interval=60, scale_down_interval=180, timeout=120
 )
@@ -116,6 +187,8 @@ class Config(_Strict):
     )
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     submit: SubmitSettings = Field(default_factory=SubmitSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     def pool(self, name: str) -> PoolConfig:
         """Settings of pool `name`."""
@@ -157,6 +230,10 @@ class Environment(BaseModel):
         """The provider's API key, from the variable its config names."""
         return self.secrets.get(settings.api_key_env) if settings.api_key_env else None
 
+    def secret(self, name: str) -> str | None:
+        """The value of the variable `name` (a webhook secret), if set and not empty."""
+        return self.secrets.get(name) or None
+
 
 def merge_settings(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Nested merge of settings tables; `override` wins."""
@@ -182,8 +259,49 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     return f"{location}: {message}"
 
 
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from IMGRUN_SECTION__KEY[__KEY…] variables (lists and tables as JSON)."""
+    # Only names with the nesting separator are settings: IMGRUN_HOME, IMGRUN_CONFIG and
+    # IMGRUN_DATABASE_URL name where things are, and every setting lives in a section.
+    settings: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name or raw == "":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTING)
+        if not all(path):
+            raise UserError(f"{name}: empty key in the variable name")
+        node = settings
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{name}: {'.'.join(path[:-1])} is set as a value elsewhere")
+        node[path[-1]] = _env_value(name, raw)
+    return settings
+
+
+def _env_value(name: str, raw: str) -> Any:
+    if raw.lstrip()[:1] not in ("[", "{"):
+        return raw  # pydantic turns "80" into 80 and "true" into True where the field says so
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name}: malformed JSON: {exc.msg}") from None
+
+
+def _env_name(error: ValidationError, environ: Mapping[str, str]) -> str | None:
+    """The variable that set the first invalid field, if one did."""
+    loc = [str(part) for part in error.errors()[0]["loc"] if not isinstance(part, int)]
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + ENV_NESTING.join(loc[:depth]).upper()
+        if environ.get(name):
+            return name
+    # An unknown section or key: the variable names something below it.
+    below = ENV_PREFIX + ENV_NESTING.join(loc).upper() + ENV_NESTING
+    return next((name for name in sorted(environ) if name.startswith(below)), None)
+
+
 def load_config(env: Environment, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults ← TOML file (if present) ← `overrides` (from flags)."""
+    """Defaults ← TOML file (if present) ← IMGRUN_* variables ← `overrides` (from flags)."""
     data: dict[str, Any] = Config().model_dump(exclude_unset=False)
     if env.config_path.exists():
         try:
@@ -192,9 +310,12 @@ def load_config(env: Environment, overrides: Mapping[str, Any] | None = None) ->
             raise UserError(f"config {env.config_path}: {exc}") from None
         # A [providers.X] table replaces nothing but X; pools merge key by key.
         data = merge_settings(data, from_file)
+    data = merge_settings(data, env_overrides(env.secrets))
     if overrides:
         data = merge_settings(data, overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"config {describe_validation_error(exc)}") from None
+        variable = _env_name(exc, env.secrets)
+        where = f"config ({variable})" if variable else "config"
+        raise UserError(f"{where} {describe_validation_error(exc)}") from None

@@ -82,6 +82,7 @@ def bar(task: TaskProgress, width: int) -> Text:
 def _header(snapshot: StatusSnapshot) -> Text:
     live = sum(e.state == "running" and not e.stale for e in snapshot.executors)
     stale = sum(e.stale for e in snapshot.executors)
+    lost = sum(e.state == "lost" for e in snapshot.executors)  # marked by the alerts watchdog
     text = Text.assemble(
         ("imgrun status", "bold"),
         f"  {snapshot.at:%Y-%m-%d %H:%M:%S %Z}  ·  ",
@@ -89,6 +90,8 @@ def _header(snapshot: StatusSnapshot) -> Text:
     )
     if stale:
         text.append(f", {stale} stale", style="bold red")
+    if lost:
+        text.append(f", {lost} lost", style="bold red")
     text.append(
         f"  ·  {snapshot.active_tasks} active task{'s' if snapshot.active_tasks != 1 else ''}"
     )
@@ -262,8 +265,8 @@ def _executors(snapshot: StatusSnapshot) -> Panel:
     table.add_column("running/limit", no_wrap=True)
     table.add_column("up", justify="right", no_wrap=True)
     for e in snapshot.executors:
-        if e.stale:
-            state = Text("STALE", style="bold red")
+        if e.stale or e.state == "lost":
+            state = Text("STALE" if e.stale else "LOST", style="bold red")
             beat = Text(f"{duration(e.heartbeat_age)} ago", style="bold red")
         else:
             state = Text(e.state, style="green" if e.state == "running" else "dim")

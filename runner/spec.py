@@ -182,6 +182,37 @@ def parse_spec(data: Any) -> Spec:
         raise UserError(describe_validation_error(exc)) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases: a small document cannot expand into a huge one."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Refuse an alias where a node would be composed."""
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases are not accepted here", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def decode_spec(text: str, fmt: Literal["json", "yaml"], where: str, *, untrusted: bool) -> Spec:
+    """Parse a JSON or YAML document into a Spec; `untrusted` input may not use YAML aliases."""
+    try:
+        if fmt == "json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_NoAliasLoader if untrusted else yaml.SafeLoader)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{where}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
+    return parse_spec(data)
+
+
 def load_spec(path: Path) -> Spec:
     """Read a YAML or JSON spec file."""
     try:
@@ -190,12 +221,5 @@ def load_spec(path: Path) -> Spec:
         raise UserError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
-    return parse_spec(data)
+    fmt: Literal["json", "yaml"] = "json" if path.suffix.lower() == ".json" else "yaml"
+    return decode_spec(text, fmt, str(path), untrusted=False)

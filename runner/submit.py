@@ -1,13 +1,57 @@
-"""Queue a validated spec: the one path from a spec to rows (CLI, demo)."""
+"""Queue a validated spec: the one path from a spec to rows (CLI, API, demo)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import queries
-from runner.spec import Expansion
+from db import api_queries, queries
+from runner.config import Config
+from runner.errors import UserError
+from runner.spec import Expansion, Spec, expand
+
+# Printable ASCII without spaces, like the HTTP header it usually arrives in.
+_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+def prepare(spec: Spec, config: Config) -> Expansion:
+    """Every check `imgrun submit` makes: a configured provider, the expansion under its cap."""
+    if spec.provider not in config.providers:
+        known = ", ".join(sorted(config.providers))
+        raise UserError(f"provider: unknown provider {spec.provider!r} (configured: {known})")
+    return expand(spec, max_subtasks=config.submit.max_subtasks)
+
+
+def summary(expansion: Expansion) -> dict[str, Any]:
+    """What a submit reports about the task it queues."""
+    spec = expansion.spec
+    return {
+        "name": spec.name,
+        "pool": expansion.pool,
+        "provider": spec.provider,
+        "priority": spec.priority,
+        "seed": expansion.seed,
+        "total_subtasks": expansion.total_subtasks,
+        "total_images": expansion.total_images,
+    }
+
+
+def check_key(key: str, where: str) -> str:
+    """An idempotency key: 1-200 printable ASCII characters, no spaces."""
+    if not _KEY.fullmatch(key):
+        raise UserError(f"{where}: expected 1-200 printable ASCII characters without spaces")
+    return key
+
+
+def request_hash(spec: Spec) -> str:
+    """What "the same request" means for a key: the same spec, however it was formatted."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def new_task(expansion: Expansion, user_id: str) -> queries.NewTask:
@@ -40,4 +84,17 @@ async def submit(
     """Write the task and all its subtasks in one transaction; returns the task id."""
     return await queries.submit_task(
         engine, new_task(expansion, user_id), expansion.rows(), on_progress=on_progress
+    )
+
+
+async def submit_once(
+    engine: AsyncEngine, expansion: Expansion, user_id: str, key: str
+) -> api_queries.Submitted:
+    """Submit unless `key` was used before: then the same task (same spec) or KeyReused."""
+    return await api_queries.submit_task_once(
+        engine,
+        new_task(expansion, user_id),
+        expansion.rows(),
+        key=key,
+        request_hash=request_hash(expansion.spec),
     )

@@ -1,0 +1,1 @@
+"""Alerts: signed webhooks delivered from the durable outbox, and the watchdog that adds events."""

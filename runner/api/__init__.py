@@ -1,0 +1,1 @@
+"""`imgrun serve`: the HTTP API (aiohttp) over the same database as the CLI."""

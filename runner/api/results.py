@@ -1,0 +1,60 @@
+"""Results: a task's manifest, page by page, and the stored PNGs it points to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from db import api_queries
+from runner.api.context import ENGINE, IMAGES
+from runner.api.errors import ApiError
+from runner.api.manifest import page, parse_image_path
+from runner.api.params import int_param, path_id
+from runner.api.tasks import json_response, next_link
+
+routes = web.RouteTableDef()
+
+MAX_ORDINAL = 2**31 - 1
+
+
+@routes.get(r"/v1/tasks/{id:\d+}/results")
+async def results(request: web.Request) -> web.Response:
+    """Subtasks in ordinal order with their images' URLs and sha256; `after` pages."""
+    task_id = path_id(request.match_info["id"])
+    after = int_param(request.query, "after", default=-1, low=-1, high=MAX_ORDINAL)
+    limit = int_param(request.query, "limit", default=500, low=1, high=1000)
+    assert after is not None and limit is not None
+    engine = request.app[ENGINE]
+    task = await api_queries.task_header(engine, task_id)
+    if task is None:
+        raise ApiError(404, f"task {task_id}: not found")
+    rows = await api_queries.manifest_page(engine, task_id, after=after, limit=limit)
+    manifest = page(task, rows, limit=limit)
+    cursor = manifest["next_after"]
+    return json_response(
+        manifest, headers=next_link(request, cursor) if cursor is not None else None
+    )
+
+
+def image_file(root: Path, task_id: int, subtask_id: int, index: int) -> Path | None:
+    """The store's file for these ids if it is a regular file inside `root` (no symlink out)."""
+    # Built from integers only; resolving catches a symlink planted inside the folder.
+    candidate = (root / str(task_id) / f"{subtask_id}-{index}.png").resolve()
+    if not candidate.is_relative_to(root.resolve()) or not candidate.is_file():
+        return None
+    return candidate
+
+
+@routes.get("/v1/images/{path:.*}")
+async def image(request: web.Request) -> web.StreamResponse:
+    """A stored PNG of a completed subtask; anything else (or any other path) is a 404."""
+    ids = parse_image_path(request.match_info["path"])
+    if ids is None:
+        raise ApiError(404, "no such image")
+    record = await api_queries.stored_image(request.app[ENGINE], *ids)
+    path = image_file(request.app[IMAGES], *ids) if record is not None else None
+    if record is None or path is None:
+        raise ApiError(404, "no such image")
+    headers = {"Content-Type": "image/png", "X-Imgrun-Sha256": str(record.get("sha256", ""))}
+    return web.FileResponse(path, headers=headers)
