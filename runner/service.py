@@ -17,6 +17,7 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.queries import ClaimedSubtask
+from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, ProviderSettings
 from runner.executor import Executor, Identity, Work
 from workers.errors import PermanentError
@@ -207,6 +208,8 @@ async def serve(
 ) -> Executor:
     """Run a runner until a signal (or idle, with `until_idle`); returns the executor."""
     store = ImageStore(output_dir(config, env))
+    # Built first: a webhook whose secret variable is unset stops the start (exit 2).
+    alerts = AlertDelivery.from_config(engine, config, env)
     pools = {name: config.pool(name) for name in ("standard", "lumina")}
     async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
         providers = Providers(config, env, session)
@@ -224,6 +227,7 @@ async def serve(
             on_start(executor)
         async with anyio.create_task_group() as group:
             group.start_soon(_signals, executor, group.cancel_scope)
+            group.start_soon(alerts.run)
             if config.runner.metrics_port is not None:
                 group.start_soon(
                     _serve_metrics, executor, config.runner.metrics_host, config.runner.metrics_port
