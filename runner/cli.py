@@ -68,7 +68,8 @@ def print_json(data: Any) -> None:
 def cli(ctx: click.Context) -> None:
     """imgrun — adaptive-concurrency task runner for batch image generation."""
     env = Environment.from_environ(os.environ)
-    ctx.obj = App(env, load_config(env))
+    config = load_config(env)
+    ctx.obj = App(env.with_api_keys(config, os.environ), config)
 
 
 @cli.command()
