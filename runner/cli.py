@@ -80,11 +80,14 @@ def cli(ctx: click.Context) -> None:
 @pass_app
 def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_json: bool) -> None:
     """Expand SPEC (YAML or JSON) into subtasks and queue them."""
+    from runner.checks import validate_task_provider
+
     spec = load_spec(spec_path)
     if spec.provider not in app.config.providers:
         known = ", ".join(sorted(app.config.providers))
         raise UserError(f"provider: unknown provider {spec.provider!r} (configured: {known})")
     expansion = expand(spec, max_subtasks=app.config.submit.max_subtasks)
+    validate_task_provider(app.config, app.env, spec.provider, expansion.pool)
     summary = {
         "name": spec.name,
         "pool": expansion.pool,
@@ -213,9 +216,12 @@ def run(
     app: App, until_idle: bool, executor_id: str | None, log_level: str, log_format: str
 ) -> None:
     """Run the long-running runner: claim subtasks and generate their images."""
+    from runner.checks import validate_providers
     from runner.logs import setup_logging
     from runner.service import serve
 
+    # Every provider, before the database is even opened: a typo must not fail claimed work.
+    validate_providers(app.config, app.env)
     setup_logging(log_level, log_format)  # type: ignore[arg-type]
     config = app.config
     if executor_id:
