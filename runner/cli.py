@@ -19,6 +19,7 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
+from db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from db.engine import DatabaseURLError, database_url, open_engine
 from runner.config import Config, Environment, load_config
 from runner.errors import UserError
@@ -185,14 +186,56 @@ def db_upgrade(app: App) -> None:
 
 
 @db_group.command("url")
+@click.option(
+    "--hold", is_flag=True, help="Keep the embedded server (and the URL) up until Ctrl-C."
+)
 @pass_app
-def db_url(app: App) -> None:
+def db_url(app: App, hold: bool) -> None:
     """Print the database URL in use (starting the embedded server if that is the one)."""
+    from runner.dbshell import wait_for_stop
+
     if app.env.database_url:
         click.echo(app.env.database_url)
         return
-    with database_url(app.env.home, None) as url:
+    server = EmbeddedPostgres(app.env.home)
+    url = server.start()
+    try:
         click.echo(url)
+        if hold:
+            err.print("holding the embedded server: the URL works until Ctrl-C", style="dim")
+            wait_for_stop()
+        elif not server.shared:
+            err.print(
+                "warning: no other imgrun process holds the embedded server, so it stops, and"
+                " this URL stops working, as this command exits; use `imgrun db url --hold`"
+                " or `imgrun db shell`",
+                soft_wrap=True,
+            )
+    finally:
+        server.release()
+
+
+@db_group.command(
+    "shell", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def db_shell(app: App, psql_args: tuple[str, ...]) -> None:
+    """psql on the database in use (extra arguments go to psql); the server stays up meanwhile."""
+    from db.engine import normalise_url
+    from db.pgconf import libpq_env
+    from runner.dbshell import run_psql
+
+    if app.env.database_url:
+        status = run_psql(os.environ, libpq_env(normalise_url(app.env.database_url)), psql_args)
+    else:
+        server = EmbeddedPostgres(app.env.home)
+        server.start()
+        try:
+            status = run_psql(os.environ, server.client_env(), psql_args)
+        finally:
+            server.release()
+    sys.exit(status)
 
 
 @cli.command()
@@ -375,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
     except (UserError, DatabaseURLError) as exc:
         err.print(Text.assemble(("imgrun: error: ", "red"), str(exc)), soft_wrap=True)
         sys.exit(2)
+    except EmbeddedPostgresError as exc:
+        # Not the user's input, but still one line: the message names the log to read.
+        err.print(Text.assemble(("imgrun: error: ", "red"), str(exc)), soft_wrap=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:

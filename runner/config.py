@@ -125,8 +125,8 @@ class Config(_Strict):
 
 def default_home() -> Path:
     """Where imgrun keeps its embedded database and output when IMGRUN_HOME is unset."""
-    # As root the embedded server runs as a separate OS user and opens up the parent
-    # folders of its data dir; /var/lib is already traversable, /root is not.
+    # As root the embedded server runs as a system user (PostgreSQL refuses root), which
+    # must traverse the folders above its data dir; /var/lib already allows that, /root not.
     if os.geteuid() == 0:
         return Path("/var/lib/imgrun")
     return Path(platformdirs.user_data_dir("imgrun"))
