@@ -62,7 +62,11 @@ class EmbeddedPostgres:
         self.home.mkdir(parents=True, exist_ok=True)
         with _file_lock(self._lock_path):
             others = [pid for pid in self._live_holders() if pid != os.getpid()]
-            self._ensure_running()
+            try:
+                self._ensure_running()
+            except BaseException:
+                self._close_dir()
+                raise
             self._write_holders([*others, os.getpid()])
             self._holding, self.shared = True, bool(others)
         return self.url(DATABASE_NAME)
