@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runner.checks import validate_providers, validate_task_provider
-from runner.config import Config, Environment, ProviderSettings
+from runner.config import MAX_CONFIG_BYTES, Config, Environment, ProviderSettings, load_config
 from runner.errors import UserError
 
 
@@ -122,3 +122,30 @@ def test_submit_check_refuses_a_pool_the_provider_cannot_serve(tmp_path: Path) -
     assert str(caught.value) == (
         "provider: 'dalle' (type openai) cannot serve the lumina pool; it serves: standard"
     )
+
+
+def test_a_huge_key_is_cut_in_the_message(tmp_path: Path) -> None:
+    """A hostile 100 KB option name is named, but only its first characters."""
+    key = "k" * 100_000
+    with pytest.raises(UserError) as caught:
+        check(tmp_path, config_with("bad", type="sim", **{key: 1}))
+    message = str(caught.value)
+    assert message.startswith("config providers.bad.kkk") and len(message) < 1_000
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        ("# " + "x" * (MAX_CONFIG_BYTES + 10), f"larger than {MAX_CONFIG_BYTES:,} bytes"),
+        ("a = " + "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ("[pools\n", "Expected ']'"),
+        ("x = 1\n", "config x: unknown key"),
+    ],
+)
+def test_config_file_is_bounded_and_named(tmp_path: Path, content: str, complaint: str) -> None:
+    """Oversized, deeply nested or malformed config files are one-line UserErrors."""
+    path = tmp_path / "imgrun.toml"
+    path.write_text(content)
+    with pytest.raises(UserError) as caught:
+        load_config(Environment(home=tmp_path, config_path=path))
+    assert complaint in str(caught.value) and "\n" not in str(caught.value)
