@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
 from db.api_queries import KeyReused
-from db.engine import DatabaseURLError, database_url
+from db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from db.engine import DatabaseURLError
 from runner import cli_api
 from runner.cli_app import App, err, out, pass_app, print_json
 from runner.config import Environment, load_config
@@ -36,7 +37,8 @@ PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is 
 def cli(ctx: click.Context) -> None:
     """imgrun — adaptive-concurrency task runner for batch image generation."""
     env = Environment.from_environ(os.environ)
-    ctx.obj = App(env, load_config(env))
+    config = load_config(env)
+    ctx.obj = App(env.with_api_keys(config, os.environ), config)
 
 
 @cli.command()
@@ -50,8 +52,11 @@ def submit(
     app: App, spec_path: Path, dry_run: bool, user_id: str | None, key: str | None, as_json: bool
 ) -> None:
     """Expand SPEC (YAML or JSON) into subtasks and queue them."""
+    from runner.checks import validate_task_provider
+
     spec = load_spec(spec_path)
     expansion = prepare(spec, app.config)
+    validate_task_provider(app.config, app.env, spec.provider, expansion.pool)
     if key is not None:
         check_key(key, "--key")
     info = summary(expansion)
@@ -155,14 +160,56 @@ def db_upgrade(app: App) -> None:
 
 
 @db_group.command("url")
+@click.option(
+    "--hold", is_flag=True, help="Keep the embedded server (and the URL) up until Ctrl-C."
+)
 @pass_app
-def db_url(app: App) -> None:
+def db_url(app: App, hold: bool) -> None:
     """Print the database URL in use (starting the embedded server if that is the one)."""
+    from runner.dbshell import wait_for_stop
+
     if app.env.database_url:
         click.echo(app.env.database_url)
         return
-    with database_url(app.env.home, None) as url:
+    server = EmbeddedPostgres(app.env.home)
+    url = server.start()
+    try:
         click.echo(url)
+        if hold:
+            err.print("holding the embedded server: the URL works until Ctrl-C", style="dim")
+            wait_for_stop()
+        elif not server.shared:
+            err.print(
+                "warning: no other imgrun process holds the embedded server, so it stops, and"
+                " this URL stops working, as this command exits; use `imgrun db url --hold`"
+                " or `imgrun db shell`",
+                soft_wrap=True,
+            )
+    finally:
+        server.release()
+
+
+@db_group.command(
+    "shell", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def db_shell(app: App, psql_args: tuple[str, ...]) -> None:
+    """psql on the database in use (extra arguments go to psql); the server stays up meanwhile."""
+    from db.engine import normalise_url
+    from db.pgconf import libpq_env
+    from runner.dbshell import run_psql
+
+    if app.env.database_url:
+        status = run_psql(os.environ, libpq_env(normalise_url(app.env.database_url)), psql_args)
+    else:
+        server = EmbeddedPostgres(app.env.home)
+        server.start()
+        try:
+            status = run_psql(os.environ, server.client_env(), psql_args)
+        finally:
+            server.release()
+    sys.exit(status)
 
 
 @cli.command()
@@ -186,9 +233,12 @@ def run(
     app: App, until_idle: bool, executor_id: str | None, log_level: str, log_format: str
 ) -> None:
     """Run the long-running runner: claim subtasks and generate their images."""
+    from runner.checks import validate_providers
     from runner.logs import setup_logging
     from runner.service import serve
 
+    # Every provider, before the database is even opened: a typo must not fail claimed work.
+    validate_providers(app.config, app.env)
     setup_logging(log_level, log_format)  # type: ignore[arg-type]
     config = app.config
     if executor_id:
@@ -366,6 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     except (UserError, DatabaseURLError) as exc:
         err.print(Text.assemble(("imgrun: error: ", "red"), str(exc)), soft_wrap=True)
         sys.exit(2)
+    except EmbeddedPostgresError as exc:
+        # Not the user's input, but still one line: the message names the log to read.
+        err.print(Text.assemble(("imgrun: error: ", "red"), str(exc)), soft_wrap=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runner.errors import UserError
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, never megabytes
+
 PolicyName = Literal["adaptive", "queue-depth"]
 EventName = Literal["task.finished", "runner.lost", "provider.degraded", "error.new"]
 ALL_EVENTS: tuple[EventName, ...] = (
@@ -197,8 +199,8 @@ class Config(_Strict):
 
 def default_home() -> Path:
     """Where imgrun keeps its embedded database and output when IMGRUN_HOME is unset."""
-    # As root the embedded server runs as a separate OS user and opens up the parent
-    # folders of its data dir; /var/lib is already traversable, /root is not.
+    # As root the embedded server runs as a system user (PostgreSQL refuses root), which
+    # must traverse the folders above its data dir; /var/lib already allows that, /root not.
     if os.geteuid() == 0:
         return Path("/var/lib/imgrun")
     return Path(platformdirs.user_data_dir("imgrun"))
@@ -211,20 +213,37 @@ class Environment(BaseModel):
 
     home: Path
     config_path: Path
-    database_url: str | None
-    secrets: dict[str, str]
+    # May carry a password: never in repr, str or dumps.
+    database_url: str | None = Field(default=None, repr=False, exclude=True)
+    # Only the variables that `api_key_env` settings name (see with_api_keys), never the
+    # whole environment; kept out of repr, str and dumps so a logged settings object leaks nothing.
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+    # IMGRUN_SECTION__KEY settings (see env_overrides); a value may hold a URL with
+    # credentials, so these stay out of repr and dumps too.
+    overrides: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Environment:
-        """Read imgrun's variables from `environ`."""
+        """Read imgrun's variables from `environ` (API keys come later, from with_api_keys)."""
         home = Path(environ.get("IMGRUN_HOME") or default_home()).expanduser()
         config_path = Path(environ.get("IMGRUN_CONFIG") or home / "imgrun.toml").expanduser()
         return cls(
             home=home,
             config_path=config_path,
             database_url=environ.get("IMGRUN_DATABASE_URL") or None,
-            secrets=dict(environ),
+            overrides={
+                name: value
+                for name, value in environ.items()
+                if name.startswith(ENV_PREFIX) and ENV_NESTING in name
+            },
         )
+
+    def with_api_keys(self, config: Config, environ: Mapping[str, str]) -> Environment:
+        """A copy holding the secrets `config` names (API keys, webhook secrets), no others."""
+        names = {p.api_key_env for p in config.providers.values() if p.api_key_env}
+        names |= {hook.secret_env for hook in config.alerts.webhooks if hook.secret_env}
+        keys = {name: environ[name] for name in sorted(names) if name in environ}
+        return self.model_copy(update={"secrets": keys})
 
     def api_key(self, settings: ProviderSettings) -> str | None:
         """The provider's API key, from the variable its config names."""
@@ -300,22 +319,33 @@ def _env_name(error: ValidationError, environ: Mapping[str, str]) -> str | None:
     return next((name for name in sorted(environ) if name.startswith(below)), None)
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The config file's tables; UserError if it is unreadable, too big or not TOML."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UserError(f"config {path}: larger than {MAX_CONFIG_BYTES:,} bytes")
+        return tomllib.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"config {path}: {exc}") from None
+    except RecursionError:
+        raise UserError(f"config {path}: nested too deeply") from None
+
+
 def load_config(env: Environment, overrides: Mapping[str, Any] | None = None) -> Config:
     """Defaults ← TOML file (if present) ← IMGRUN_* variables ← `overrides` (from flags)."""
     data: dict[str, Any] = Config().model_dump(exclude_unset=False)
     if env.config_path.exists():
-        try:
-            from_file = tomllib.loads(env.config_path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"config {env.config_path}: {exc}") from None
+        from_file = _read_toml(env.config_path)
         # A [providers.X] table replaces nothing but X; pools merge key by key.
         data = merge_settings(data, from_file)
-    data = merge_settings(data, env_overrides(env.secrets))
+    data = merge_settings(data, env_overrides(env.overrides))
     if overrides:
         data = merge_settings(data, overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        variable = _env_name(exc, env.secrets)
+        variable = _env_name(exc, env.overrides)
         where = f"config ({variable})" if variable else "config"
         raise UserError(f"{where} {describe_validation_error(exc)}") from None

@@ -111,10 +111,22 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path) -> dict[str, str]:
+def imgrun_base() -> Iterator[Path]:
+    """A private folder for IMGRUN_HOMEs, outside pytest's base temp (removed afterwards).
+
+    Every pytest session resets /tmp/pytest-of-USER to 0700 when it starts; as root, the
+    embedded server's own user then could no longer reach a data dir below it whenever
+    another session starts on the same machine.
+    """
+    with tempfile.TemporaryDirectory(prefix="imgrun-home-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, imgrun_base: Path) -> dict[str, str]:
     """Environment for `imgrun` subprocesses: private home, no config file, no inherited URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGRUN_")}
-    env["IMGRUN_HOME"] = str(tmp_path / "home")
+    env["IMGRUN_HOME"] = str(imgrun_base / "home")
     env["IMGRUN_CONFIG"] = str(tmp_path / "imgrun.toml")
     env["COLUMNS"] = "200"
     return env

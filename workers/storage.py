@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import anyio.to_thread
@@ -64,7 +64,10 @@ class ImageStore:
 
     def _write(self, path: Path, data: bytes) -> StoredImage:
         png, width, height = _png(data)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        # Not mkstemp: its 0600 would hide images from the other users of the output
+        # directory. 0666 lets the process umask decide, as for any file the user creates.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(png)

@@ -66,8 +66,14 @@ async def test_task_finished_is_delivered_signed(
 ) -> None:
     """A canceled task reaches the hook once: signed body {id, event, at, data}, headers."""
     (task_id,) = await finished_tasks(engine, 1)
+
+    async def recorded() -> bool:
+        rows = await outbox.outbox_rows(engine, "task.finished")
+        return len(receiver.accepted()) == 1 and rows[0]["state"] == "delivered"
+
     async with delivering(engine, tmp_path, database_url, receiver.url):
-        await until(lambda: len(receiver.accepted()) == 1)
+        # The receiver has it before the loop records it: wait for both.
+        await wait_until(recorded, timeout=20)
     (delivery,) = receiver.deliveries
     assert delivery.signed
     body = json.loads(delivery.body)

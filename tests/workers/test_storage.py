@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,15 @@ async def test_only_plain_ints_reach_paths(
     with pytest.raises(ValueError, match="non-negative int"):
         await ImageStore(root).save(1, bad, [b""])  # type: ignore[arg-type]
     assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+async def test_images_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Image files get 0666 minus the umask (not mkstemp's 0600), so the group can read them."""
+    previous = os.umask(umask)
+    try:
+        stored = await ImageStore(tmp_path).save(1, 2, [render_png("a", 1, 0, 8, 8)])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(Path(stored[0].path).stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in (tmp_path / "1").iterdir()] == ["2-0.png"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import aiohttp
+from yarl import URL
 
 from workers.providers import comfyui, lumina, null, openai_images
 from workers.providers.base import QueueProvider, StandardProvider
@@ -14,13 +15,51 @@ from workers.providers.retry import RetryPolicy
 
 # Which pools each provider type can serve. "sim" serves both: the standard pool speaks
 # the OpenAI-compatible API to it, the lumina pool its queue protocol.
-POOLS: dict[str, frozenset[str]] = {
+POOLS: dict[str, frozenset[Pool]] = {
     "sim": frozenset({"standard", "lumina"}),
     "openai": frozenset({"standard"}),
     "lumina": frozenset({"lumina"}),
     "comfyui": frozenset({"lumina"}),
     "null": frozenset({"standard", "lumina"}),
 }
+
+
+# The options each type's adapters take. The sim feeds both pools from one
+# [providers.sim] section, so it accepts both adapters' options, and it takes seed and
+# polish, so its images follow the task's seed.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "sim": {**lumina.OPTIONS, **openai_images.OPTIONS, "send_seed": True},
+    "openai": openai_images.OPTIONS,
+    "lumina": lumina.OPTIONS,
+    "comfyui": comfyui.OPTIONS,
+    "null": null.OPTIONS,
+}
+CHOICES: dict[str, tuple[str, ...]] = {"response_format": ("b64_json", "url")}
+
+
+def adapter_options(config: ProviderConfig, pool: Pool) -> dict[str, Any]:
+    """The validated options of the adapter serving `pool`; ProviderConfigError if none can."""
+    if pool not in POOLS.get(config.type, frozenset()):
+        raise ProviderConfigError(
+            repr(config.name), f"{config.type!r} cannot serve the {pool} pool", key="type"
+        )
+    return config.options(OPTIONS[config.type], CHOICES)
+
+
+def check_config(config: ProviderConfig) -> None:
+    """Raise ProviderConfigError for anything build_provider would refuse, building nothing."""
+    for pool in sorted(POOLS.get(config.type, frozenset())):
+        adapter_options(config, pool)
+    if config.type == "null":
+        return
+    try:
+        url = URL(config.base_url)
+    except ValueError:
+        url = URL()
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ProviderConfigError(
+            repr(config.name), "not an http(s) URL with a host", key="base_url"
+        )
 
 
 @overload
@@ -54,12 +93,9 @@ def build_provider(
     retry: RetryPolicy | None = None,
 ) -> StandardProvider | QueueProvider:
     """The adapter that serves `pool` for `config`; raises ProviderConfigError if none can."""
-    if pool not in POOLS.get(config.type, frozenset()):
-        raise ProviderConfigError(
-            f"provider {config.name!r} of type {config.type!r} cannot serve the {pool} pool"
-        )
+    options = adapter_options(config, pool)
     if config.type == "null":
-        return null.NullProvider(options=config.options(null.OPTIONS))
+        return null.NullProvider(options=options)
     http = HttpClient(
         session,
         name=config.name,
@@ -68,19 +104,8 @@ def build_provider(
         timeout=config.timeout,
         retry=retry or RetryPolicy(),
     )
-    if config.type == "sim":
-        # One [providers.sim] section feeds both pools, so it accepts both adapters' options.
-        # The sim takes seed and polish, so its images follow the task's seed.
-        options = config.options({**lumina.OPTIONS, **openai_images.OPTIONS, "send_seed": True})
-        if pool == "standard":
-            return openai_images.OpenAIImages(http, model=config.model, options=options)
-        return lumina.LuminaQueue(http, model=config.model, options=options)
-    if config.type == "openai":
-        return openai_images.OpenAIImages(
-            http, model=config.model, options=config.options(openai_images.OPTIONS)
-        )
+    if pool == "standard":  # sim or openai: both speak the OpenAI-compatible API
+        return openai_images.OpenAIImages(http, model=config.model, options=options)
     if config.type == "comfyui":
-        return comfyui.ComfyUIQueue(
-            http, model=config.model, options=config.options(comfyui.OPTIONS)
-        )
-    return lumina.LuminaQueue(http, model=config.model, options=config.options(lumina.OPTIONS))
+        return comfyui.ComfyUIQueue(http, model=config.model, options=options)
+    return lumina.LuminaQueue(http, model=config.model, options=options)  # sim or lumina
