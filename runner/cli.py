@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db import queries
 from db.engine import DatabaseURLError, database_url, open_engine
 from runner.config import Config, Environment, load_config
-from runner.errors import UserError
-from runner.spec import expand, load_spec
+from runner.errors import UserError, one_line, shown
+from runner.spec import Expansion, expand, load_spec
 from runner.submit import submit as submit_expansion
 from runner.views import demo_summary, errors_table, task_detail, tasks_table
 
@@ -32,6 +33,8 @@ out = Console()
 err = Console(stderr=True)
 
 PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is worth drawing
+PREVIEW_SUBTASKS = 5  # subtasks a dry run shows
+PREVIEW_PROMPT_CHARS = 200  # characters of each previewed prompt
 
 
 class App:
@@ -79,11 +82,14 @@ def cli(ctx: click.Context) -> None:
 @pass_app
 def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_json: bool) -> None:
     """Expand SPEC (YAML or JSON) into subtasks and queue them."""
-    spec = load_spec(spec_path)
+    limits = app.config.submit.limits
+    spec = load_spec(spec_path, limits.max_spec_bytes)
     if spec.provider not in app.config.providers:
         known = ", ".join(sorted(app.config.providers))
-        raise UserError(f"provider: unknown provider {spec.provider!r} (configured: {known})")
-    expansion = expand(spec, max_subtasks=app.config.submit.max_subtasks)
+        raise UserError(
+            f"provider: unknown provider {shown(spec.provider)!r} (configured: {known})"
+        )
+    expansion = expand(spec, limits=limits)
     summary = {
         "name": spec.name,
         "pool": expansion.pool,
@@ -94,19 +100,7 @@ def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_jso
         "total_images": expansion.total_images,
     }
     if dry_run:
-        preview = [vars(s) for _, s in zip(range(5), expansion.subtasks(), strict=False)]
-        if as_json:
-            print_json({**summary, "preview": preview})
-            return
-        out.print(
-            f"[bold]{spec.name}[/]: {expansion.total_subtasks:,} subtasks,"
-            f" {expansion.total_images:,} images, pool {expansion.pool},"
-            f" provider {spec.provider}, seed {expansion.seed} (dry run: nothing written)"
-        )
-        for item in preview:
-            out.print(f"  #{item['ordinal']} seed {item['params']['seed']}: {item['prompt']}")
-        if expansion.total_subtasks > len(preview):
-            out.print(f"  … and {expansion.total_subtasks - len(preview):,} more")
+        _print_preview(expansion, summary, as_json=as_json)
         return
 
     user = user_id or getpass.getuser()
@@ -127,9 +121,32 @@ def submit(app: App, spec_path: Path, dry_run: bool, user_id: str | None, as_jso
         print_json({"task_id": task_id, **summary})
     else:
         out.print(
-            f"submitted task [bold]{task_id}[/] ({spec.name}): {expansion.total_subtasks:,}"
-            f" subtasks, {expansion.total_images:,} images, pool {expansion.pool}"
+            f"submitted task [bold]{task_id}[/] ({escape(shown(spec.name, 200))}):"
+            f" {expansion.total_subtasks:,} subtasks, {expansion.total_images:,} images,"
+            f" pool {expansion.pool}"
         )
+
+
+def _print_preview(expansion: Expansion, summary: dict[str, Any], *, as_json: bool) -> None:
+    """The dry run: counts and the first few subtasks, their prompts clipped."""
+    # Clipped because rich wraps a long unbroken token in quadratic time (a 100 KB token
+    # took 291 s); escaped because a prompt's "[/]" would otherwise be read as markup.
+    preview = [vars(s) for _, s in zip(range(PREVIEW_SUBTASKS), expansion.subtasks(), strict=False)]
+    if as_json:
+        print_json({**summary, "preview": preview})
+        return
+    spec = expansion.spec
+    out.print(
+        f"[bold]{escape(shown(spec.name, 200))}[/]: {expansion.total_subtasks:,} subtasks,"
+        f" {expansion.total_images:,} images, pool {expansion.pool},"
+        f" provider {escape(shown(spec.provider))}, seed {expansion.seed}"
+        " (dry run: nothing written)"
+    )
+    for item in preview:
+        prompt = escape(shown(item["prompt"], PREVIEW_PROMPT_CHARS))
+        out.print(f"  #{item['ordinal']} seed {item['params']['seed']}: {prompt}", soft_wrap=True)
+    if expansion.total_subtasks > len(preview):
+        out.print(f"  … and {expansion.total_subtasks - len(preview):,} more")
 
 
 @cli.command("tasks")
@@ -366,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="imgrun", standalone_mode=False)
     except (UserError, DatabaseURLError) as exc:
-        err.print(Text.assemble(("imgrun: error: ", "red"), str(exc)), soft_wrap=True)
+        err.print(Text.assemble(("imgrun: error: ", "red"), one_line(str(exc))), soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         sys.exit(130)
