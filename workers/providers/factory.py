@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import aiohttp
 
@@ -10,6 +10,7 @@ from workers.providers import comfyui, lumina, null, openai_images
 from workers.providers.base import QueueProvider, StandardProvider
 from workers.providers.config import Pool, ProviderConfig, ProviderConfigError
 from workers.providers.http import HttpClient
+from workers.providers.limits import COMMON_OPTIONS, max_response_bytes
 from workers.providers.retry import RetryPolicy
 
 # Which pools each provider type can serve. "sim" serves both: the standard pool speaks
@@ -60,6 +61,11 @@ def build_provider(
         )
     if config.type == "null":
         return null.NullProvider(options=config.options(null.OPTIONS))
+    options = config.options({**COMMON_OPTIONS, **_adapter_options(config)})
+    try:
+        limit = max_response_bytes(options)
+    except ValueError as exc:
+        raise ProviderConfigError(f"provider {config.name!r}: {exc}") from None
     http = HttpClient(
         session,
         name=config.name,
@@ -67,20 +73,23 @@ def build_provider(
         api_key=api_key,
         timeout=config.timeout,
         retry=retry or RetryPolicy(),
+        max_response_bytes=limit,
     )
+    if config.type == "openai" or (config.type == "sim" and pool == "standard"):
+        return openai_images.OpenAIImages(http, model=config.model, options=options)
+    if config.type == "comfyui":
+        return comfyui.ComfyUIQueue(http, model=config.model, options=options)
+    return lumina.LuminaQueue(http, model=config.model, options=options)
+
+
+def _adapter_options(config: ProviderConfig) -> dict[str, Any]:
+    """The options (with defaults) of the adapter(s) behind `config.type`."""
     if config.type == "sim":
         # One [providers.sim] section feeds both pools, so it accepts both adapters' options.
         # The sim takes seed and polish, so its images follow the task's seed.
-        options = config.options({**lumina.OPTIONS, **openai_images.OPTIONS, "send_seed": True})
-        if pool == "standard":
-            return openai_images.OpenAIImages(http, model=config.model, options=options)
-        return lumina.LuminaQueue(http, model=config.model, options=options)
+        return {**lumina.OPTIONS, **openai_images.OPTIONS, "send_seed": True}
     if config.type == "openai":
-        return openai_images.OpenAIImages(
-            http, model=config.model, options=config.options(openai_images.OPTIONS)
-        )
+        return openai_images.OPTIONS
     if config.type == "comfyui":
-        return comfyui.ComfyUIQueue(
-            http, model=config.model, options=config.options(comfyui.OPTIONS)
-        )
-    return lumina.LuminaQueue(http, model=config.model, options=config.options(lumina.OPTIONS))
+        return comfyui.OPTIONS
+    return lumina.OPTIONS
