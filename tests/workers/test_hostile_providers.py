@@ -143,12 +143,15 @@ async def test_endless_error_body_is_read_in_part_and_clipped(
     serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
 ) -> None:
     """A 500 whose text never ends: 64 KB are read, MAX_PROVIDER_TEXT characters kept."""
+    sent = 0
 
     async def noisy(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
         response = web.StreamResponse(status=500)
         await response.prepare(request)
-        for _ in range(10_000):  # bounded, should the client keep reading
+        for _ in range(10_000):  # 640 MB at most, should the client keep reading
             await response.write(b"e" * 65_536)
+            sent += 65_536
         return response
 
     url = await serve_app(app_with({("POST", "/v1/images/generations"): noisy}))
@@ -156,6 +159,7 @@ async def test_endless_error_body_is_read_in_part_and_clipped(
     with pytest.raises(TransientError) as caught:
         await provider.generate(request())
     assert str(caught.value).endswith(": HTTP 500: " + "e" * MAX_PROVIDER_TEXT + "…")
+    assert sent < 64 * MB  # the connection was dropped after the first 64 KB
 
 
 async def test_deeply_nested_json_is_a_malformed_response(
