@@ -67,7 +67,7 @@ class _SpecLoader(_BaseLoader):
     """SafeLoader that refuses duplicate keys, merge keys and over-long numbers."""
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
-        """Any constructor failure (a date like 2001-02-30, `0x_`) is the spec's fault."""
+        """Any constructor failure (`0x_` resolves to int, then int() fails) is the spec's fault."""
         try:
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:

@@ -416,3 +416,26 @@ async def test_retry_after_zero_is_not_taken_literally(
     with pytest.raises(RateLimited):
         await standard(sim, session, policy).generate(request())
     assert sleep.delays == [0.5, 0.5]
+
+
+async def test_image_url_of_absurd_length_is_malformed(
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+) -> None:
+    """An OpenAI-style `url` item of 100 KB is not fetched (nor echoed whole)."""
+    gets = 0
+
+    async def by_url(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"url": "/i/" + "x" * 100_000}]})
+
+    async def image(_: web.Request) -> web.Response:
+        nonlocal gets
+        gets += 1
+        return web.Response(body=PNG)
+
+    url = await serve_app(
+        app_with({("POST", "/v1/images/generations"): by_url, ("GET", "/i/{name}"): image})
+    )
+    provider = provider_for(url, session, dataclasses.replace(fast_retry, attempts=1))
+    with pytest.raises(TransientError, match="images is not a list of URLs") as caught:
+        await provider.generate(request())
+    assert gets == 0 and len(str(caught.value)) < 600
