@@ -11,6 +11,9 @@ RetryAction = Literal["retry", "fail", "defer"]
 
 # 2**64 seconds is far past any cap; clamping the exponent keeps the float math finite.
 _MAX_EXPONENT = 64
+# A provider answering 429 with `Retry-After: 0` would have the subtask claimed and refused
+# again at once (153 requests in 1.5 s in the report): a deferral always waits this long.
+MIN_DEFERRAL = 1.0  # seconds
 
 
 def _uniform(rng: random.Random | None, a: float, b: float) -> float:
@@ -52,12 +55,14 @@ class RetryPolicy:
     default_retry_after: float = 5.0  # seconds, when a 429 carries no Retry-After
     defer_jitter: float = 0.2  # upward only: we never come back before Retry-After
     max_retry_after: float = 3600.0  # seconds; a bigger Retry-After is clamped to this
+    min_deferral: float = MIN_DEFERRAL  # seconds; a smaller Retry-After is raised to this
 
     def __post_init__(self) -> None:
         """Reject settings that make no sense."""
         if self.max_retries < 0 or self.rate_limit_cap < 0:
             raise ValueError("max_retries and rate_limit_cap must be >= 0")
-        if min(self.base, self.cap, self.default_retry_after, self.max_retry_after) < 0:
+        delays = (self.base, self.cap, self.default_retry_after, self.max_retry_after)
+        if min(*delays, self.min_deferral) < 0:
             raise ValueError("delays must be >= 0")
         if not (0.0 <= self.jitter <= 1.0 and 0.0 <= self.defer_jitter <= 1.0):
             raise ValueError("jitter and defer_jitter must be in [0, 1]")
@@ -132,7 +137,7 @@ def _decide_rate_limited(
     if retry_after is None or math.isnan(retry_after) or retry_after < 0:
         wait = policy.default_retry_after
     else:
-        wait = min(retry_after, policy.max_retry_after)
+        wait = min(max(retry_after, policy.min_deferral), policy.max_retry_after)
     if policy.defer_jitter and wait > 0:
         # Every subtask rejected by one overload got the same Retry-After; spreading them
         # upwards avoids a synchronised stampede at exactly that instant.

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,13 +23,15 @@ from db.engine import DatabaseURLError
 from runner import cli_api
 from runner.cli_app import App, err, out, pass_app, print_json
 from runner.config import Environment, load_config
-from runner.errors import UserError
+from runner.errors import UserError, one_line, shown
 from runner.spec import Expansion, load_spec
 from runner.submit import check_key, prepare, submit_once, summary
 from runner.submit import submit as submit_expansion
 from runner.views import demo_summary, errors_table, task_detail, tasks_table
 
 PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is worth drawing
+PREVIEW_SUBTASKS = 5  # subtasks a dry run shows
+PREVIEW_PROMPT_CHARS = 200  # characters of each previewed prompt
 
 
 @click.group()
@@ -54,14 +57,14 @@ def submit(
     """Expand SPEC (YAML or JSON) into subtasks and queue them."""
     from runner.checks import validate_task_provider
 
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, app.config.submit.limits.max_spec_bytes)
     expansion = prepare(spec, app.config)
     validate_task_provider(app.config, app.env, spec.provider, expansion.pool)
     if key is not None:
         check_key(key, "--key")
     info = summary(expansion)
     if dry_run:
-        _dry_run(expansion, info, as_json)
+        _print_preview(expansion, info, as_json=as_json)
         return
     user = user_id or getpass.getuser()
     show_bar = expansion.total_subtasks >= PROGRESS_THRESHOLD and not as_json
@@ -90,23 +93,30 @@ def submit(
         out.print(f"task [bold]{task_id}[/] was already submitted with --key {key}; nothing new")
     else:
         out.print(
-            f"submitted task [bold]{task_id}[/] ({spec.name}): {expansion.total_subtasks:,}"
-            f" subtasks, {expansion.total_images:,} images, pool {expansion.pool}"
+            f"submitted task [bold]{task_id}[/] ({escape(shown(spec.name, 200))}):"
+            f" {expansion.total_subtasks:,} subtasks, {expansion.total_images:,} images,"
+            f" pool {expansion.pool}"
         )
 
 
-def _dry_run(expansion: Expansion, info: dict[str, Any], as_json: bool) -> None:
-    preview = [vars(s) for _, s in zip(range(5), expansion.subtasks(), strict=False)]
+def _print_preview(expansion: Expansion, summary: dict[str, Any], *, as_json: bool) -> None:
+    """The dry run: counts and the first few subtasks, their prompts clipped."""
+    # Clipped because rich wraps a long unbroken token in quadratic time (a 100 KB token
+    # took 291 s); escaped because a prompt's "[/]" would otherwise be read as markup.
+    preview = [vars(s) for _, s in zip(range(PREVIEW_SUBTASKS), expansion.subtasks(), strict=False)]
     if as_json:
-        print_json({**info, "preview": preview})
+        print_json({**summary, "preview": preview})
         return
+    spec = expansion.spec
     out.print(
-        f"[bold]{info['name']}[/]: {expansion.total_subtasks:,} subtasks,"
+        f"[bold]{escape(shown(spec.name, 200))}[/]: {expansion.total_subtasks:,} subtasks,"
         f" {expansion.total_images:,} images, pool {expansion.pool},"
-        f" provider {info['provider']}, seed {expansion.seed} (dry run: nothing written)"
+        f" provider {escape(shown(spec.provider))}, seed {expansion.seed}"
+        " (dry run: nothing written)"
     )
     for item in preview:
-        out.print(f"  #{item['ordinal']} seed {item['params']['seed']}: {item['prompt']}")
+        prompt = escape(shown(item["prompt"], PREVIEW_PROMPT_CHARS))
+        out.print(f"  #{item['ordinal']} seed {item['params']['seed']}: {prompt}", soft_wrap=True)
     if expansion.total_subtasks > len(preview):
         out.print(f"  … and {expansion.total_subtasks - len(preview):,} more")
 
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="imgrun", standalone_mode=False)
     except (UserError, DatabaseURLError) as exc:
-        err.print(Text.assemble(("imgrun: error: ", "red"), str(exc)), soft_wrap=True)
+        err.print(Text.assemble(("imgrun: error: ", "red"), one_line(str(exc))), soft_wrap=True)
         sys.exit(2)
     except EmbeddedPostgresError as exc:
         # Not the user's input, but still one line: the message names the log to read.

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runner.errors import UserError
+from runner import spec_limits
+from runner.errors import UserError, shown
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, never megabytes
 
@@ -93,9 +94,18 @@ class RunnerSettings(_Strict):
 
 
 class SubmitSettings(_Strict):
-    """Limits applied when a spec is submitted."""
+    """Limits applied when a spec is submitted (defaults and units: runner/spec_limits.py)."""
 
-    max_subtasks: int = Field(default=100_000, ge=1)
+    max_subtasks: int = Field(default=spec_limits.MAX_SUBTASKS, ge=1)
+    max_spec_bytes: int = Field(default=spec_limits.MAX_SPEC_BYTES, ge=1)
+    max_prompt_chars: int = Field(default=spec_limits.MAX_PROMPT_CHARS, ge=1)
+    max_value_chars: int = Field(default=spec_limits.MAX_VALUE_CHARS, ge=1)
+    max_expanded_bytes: int = Field(default=spec_limits.MAX_EXPANDED_BYTES, ge=1)
+
+    @property
+    def limits(self) -> spec_limits.SpecLimits:
+        """These settings as the spec code takes them."""
+        return spec_limits.SpecLimits(**self.model_dump())
 
 
 class WebhookSettings(_Strict):
@@ -268,8 +278,9 @@ def merge_settings(base: dict[str, Any], override: Mapping[str, Any]) -> dict[st
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line naming the first invalid field."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    message = first["msg"]
+    # Keys can be user text (a variable's name): clip and escape them to keep one line.
+    where = ".".join(shown(part) for part in first["loc"])
+    message = shown(first["msg"], 200)
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif message.startswith("Value error, "):

@@ -133,8 +133,12 @@ def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
                 on_submitted=on_submitted,
                 should_stop=should_stop,
             )
-        with anyio.fail_after(config.pool("standard").timeout):
-            return await run_standard(providers.standard(row.provider), store, request)
+        return await run_standard(
+            providers.standard(row.provider),
+            store,
+            request,
+            timeout=config.pool("standard").timeout,
+        )
 
     return work
 

@@ -10,18 +10,55 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+)
 
 from runner.config import describe_validation_error
-from runner.errors import UserError
+from runner.errors import UserError, shown
+from runner.spec_limits import DEFAULT_LIMITS, MAX_INT, MAX_SPEC_BYTES, SpecLimits
+from runner.spec_loader import Format, load_data, parse_text
+from runner.spec_size import check_sizes
 from workers.types import RATIO_SIZES
 
 Ratio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"]
-VariableValue = str | int | float
 MAX_SEED = 2**31 - 1
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL can store: no NUL, no unpaired surrogate (both pass YAML and JSON)."""
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains invalid Unicode (an unpaired surrogate)") from None
+    return text
+
+
+def _variable_value(value: object) -> str | int | float:
+    """Text or a finite number in bigint range; one clear message otherwise."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be text or a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number (not NaN or infinity)")
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        raise ValueError("integer out of range (at most 19 digits)")
+    return value
+
+
+SpecText = Annotated[str, AfterValidator(_storable)]
+VariableValue = Annotated[str | int | float, PlainValidator(_variable_value)]
 
 
 class Spec(BaseModel):
@@ -29,12 +66,12 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    name: str = Field(min_length=1, max_length=200)
+    name: SpecText = Field(min_length=1, max_length=200)
     pool: Literal["standard", "lumina"] | None = None
-    provider: str = "sim"
+    provider: SpecText = Field(default="sim", min_length=1, max_length=200)
     priority: int = Field(default=1, ge=-1000, le=1000)
-    prompts: list[str] = Field(min_length=1)
-    variables: dict[str, list[VariableValue]] = Field(default_factory=dict)
+    prompts: list[SpecText] = Field(min_length=1)
+    variables: dict[SpecText, list[VariableValue]] = Field(default_factory=dict)
     ratio: Ratio = "1:1"
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     batch_size: int = Field(default=1, ge=1, le=16)
@@ -138,14 +175,20 @@ def placeholders_of(template: str, where: str) -> tuple[str, ...]:
         if field is None:
             continue
         if not field.isidentifier() or spec or conversion:
-            raise UserError(f"{where}: bad placeholder {{{field}}}: use {{name}} only")
+            raise UserError(f"{where}: bad placeholder {{{shown(field)}}}: use {{name}} only")
         if field not in names:
             names.append(field)
     return tuple(names)
 
 
-def expand(spec: Spec, *, max_subtasks: int, rng: random.Random | None = None) -> Expansion:
-    """Validate the spec's templates against its variables and count the expansion."""
+def expand(
+    spec: Spec,
+    *,
+    max_subtasks: int | None = None,
+    limits: SpecLimits = DEFAULT_LIMITS,
+    rng: random.Random | None = None,
+) -> Expansion:
+    """Validate the spec's templates against its variables, its sizes, and count the expansion."""
     per_prompt = tuple(
         placeholders_of(template, f"prompts[{index}]")
         for index, template in enumerate(spec.prompts)
@@ -154,22 +197,18 @@ def expand(spec: Spec, *, max_subtasks: int, rng: random.Random | None = None) -
     for index, names in enumerate(per_prompt):
         for name in names:
             if name not in spec.variables:
-                raise UserError(f"prompts[{index}]: unknown placeholder {{{name}}}")
+                raise UserError(f"prompts[{index}]: unknown placeholder {{{shown(name)}}}")
     for name, values in spec.variables.items():
         if name not in used:
-            raise UserError(f"variables.{name}: not used by any prompt")
+            raise UserError(f"variables.{shown(name)}: not used by any prompt")
         if not values:
-            raise UserError(f"variables.{name}: empty list")
+            raise UserError(f"variables.{shown(name)}: empty list")
+    cap = limits.max_subtasks if max_subtasks is None else max_subtasks
+    check_sizes(spec.prompts, spec.variables, limits, max_subtasks=cap)
     seed = (
         spec.seed if spec.seed is not None else (rng or random.SystemRandom()).randint(0, MAX_SEED)
     )
-    expansion = Expansion(spec, spec.resolved_pool, seed, per_prompt)
-    if expansion.total_subtasks > max_subtasks:
-        raise UserError(
-            f"prompts × variables: expands to {expansion.total_subtasks:,} subtasks,"
-            f" above the limit of {max_subtasks:,} (submit.max_subtasks)"
-        )
-    return expansion
+    return Expansion(spec, spec.resolved_pool, seed, per_prompt)
 
 
 def parse_spec(data: Any) -> Spec:
@@ -182,44 +221,11 @@ def parse_spec(data: Any) -> Spec:
         raise UserError(describe_validation_error(exc)) from None
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases: a small document cannot expand into a huge one."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        """Refuse an alias where a node would be composed."""
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, "aliases are not accepted here", event.start_mark
-            )
-        return super().compose_node(parent, index)
+def decode_spec(text: str, fmt: Format, where: str) -> Spec:
+    """Parse a JSON or YAML document (e.g. an HTTP body) into a Spec, as bounded as a file."""
+    return parse_spec(parse_text(text, fmt, where))
 
 
-def decode_spec(text: str, fmt: Literal["json", "yaml"], where: str, *, untrusted: bool) -> Spec:
-    """Parse a JSON or YAML document into a Spec; `untrusted` input may not use YAML aliases."""
-    try:
-        if fmt == "json":
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=_NoAliasLoader if untrusted else yaml.SafeLoader)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{where}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
-    except RecursionError:
-        raise UserError(f"{where}: nested too deeply") from None
-    return parse_spec(data)
-
-
-def load_spec(path: Path) -> Spec:
-    """Read a YAML or JSON spec file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from None
-    fmt: Literal["json", "yaml"] = "json" if path.suffix.lower() == ".json" else "yaml"
-    return decode_spec(text, fmt, str(path), untrusted=False)
+def load_spec(path: Path, max_bytes: int = MAX_SPEC_BYTES) -> Spec:
+    """Read a YAML or JSON spec file (bounded: see runner/spec_loader.py) and validate it."""
+    return parse_spec(load_data(path, max_bytes))

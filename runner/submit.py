@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import api_queries, queries
 from runner.config import Config
-from runner.errors import UserError
+from runner.errors import UserError, shown
 from runner.spec import Expansion, Spec, expand
 
 # Printable ASCII without spaces, like the HTTP header it usually arrives in.
@@ -23,8 +23,10 @@ def prepare(spec: Spec, config: Config) -> Expansion:
     """Every check `imgrun submit` makes: a configured provider, the expansion under its cap."""
     if spec.provider not in config.providers:
         known = ", ".join(sorted(config.providers))
-        raise UserError(f"provider: unknown provider {spec.provider!r} (configured: {known})")
-    return expand(spec, max_subtasks=config.submit.max_subtasks)
+        raise UserError(
+            f"provider: unknown provider {shown(spec.provider)!r} (configured: {known})"
+        )
+    return expand(spec, limits=config.submit.limits)
 
 
 def summary(expansion: Expansion) -> dict[str, Any]:

@@ -5,6 +5,10 @@ The runner maps each class to a subtask state and a scaling signal.
 
 from __future__ import annotations
 
+# Messages end up in the database (subtasks.error, error_logs) and logs; the adapters clip
+# provider text much shorter, this is the backstop for whatever they miss.
+MAX_MESSAGE = 1_000  # characters
+
 
 class ProviderError(Exception):
     """Base of every error a provider or worker raises; the message never holds a secret."""
@@ -12,6 +16,8 @@ class ProviderError(Exception):
     retryable: bool = True
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "…"
         super().__init__(message)
         self.status = status
 

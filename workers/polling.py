@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from workers.checks import expect_images
 from workers.errors import (
     Canceled,
     JobFailed,
@@ -18,6 +19,7 @@ from workers.errors import (
     TransientError,
 )
 from workers.providers.base import JobStatus, QueueProvider
+from workers.providers.limits import CANCEL_TIMEOUT
 from workers.storage import ImageStore
 from workers.types import ImageRequest, WorkResult
 
@@ -25,12 +27,12 @@ log = logging.getLogger(__name__)
 
 POLLING_INTERVAL = 5.0  # seconds
 MAX_POLL_ATTEMPTS = 60
-JOB_TIMEOUT = 300.0  # seconds, from the first poll wait to the last
+JOB_TIMEOUT = 300.0  # seconds for a whole attempt: submit, every poll, every download
 
 
 @dataclass(frozen=True)
 class PollSettings:
-    """How often and how long to poll one job."""
+    """How often to poll one job, and how long one attempt at it may take in all."""
 
     polling_interval: float = POLLING_INTERVAL
     max_attempts: int = MAX_POLL_ATTEMPTS
@@ -49,47 +51,105 @@ async def run_polling(
     should_stop: Callable[[], Awaitable[bool]] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> WorkResult:
-    """Run one queue job to its images; resume polling when `external_id` is given."""
+    """Run one queue job to its images (resuming `external_id`), all within settings.timeout."""
+    # One deadline covers submit + polls + downloads: a slow image server cannot stretch a
+    # 2 s job to a minute. A job we give up on (deadline, max_attempts) is cancelled at the
+    # provider, because the runner's next attempt submits a new one: never two paid jobs.
     started = clock()
-    resumed = external_id is not None
-    if external_id is None:
-        external_id = await provider.submit(request)
+    job = _Job(external_id)
+    images: list[bytes] | None = None
+    try:
+        with anyio.move_on_after(settings.timeout):
+            images = await _run_job(
+                provider,
+                request,
+                job,
+                settings,
+                started + settings.timeout,
+                on_submitted=on_submitted,
+                sleep=sleep,
+                should_stop=should_stop,
+                clock=clock,
+            )
+        if images is None:
+            raise ProviderTimeout(
+                f"job {job.id or '(not submitted)'}: attempt not done in {settings.timeout:g}s"
+                " (submit, polls and downloads)"
+            )
+    except ProviderTimeout:
+        if job.id is not None:
+            await _cancel(provider, job.id)
+        raise
+    provider_ms = (clock() - started) * 1000
+    stored = await store.save(request.task_id, request.subtask_id, images)
+    return WorkResult(
+        images=stored, provider_ms=provider_ms, external_id=job.id, extra={"polls": job.polls}
+    )
+
+
+@dataclass
+class _Job:
+    """The job an attempt works on, as far as it got (read when it has to be cancelled)."""
+
+    id: str | None
+    polls: int = 0
+
+
+async def _run_job(
+    provider: QueueProvider,
+    request: ImageRequest,
+    job: _Job,
+    settings: PollSettings,
+    deadline: float,
+    *,
+    on_submitted: Callable[[str], Awaitable[None]],
+    sleep: Callable[[float], Awaitable[None]],
+    should_stop: Callable[[], Awaitable[bool]] | None,
+    clock: Callable[[], float],
+) -> list[bytes]:
+    """Submit (unless resuming), poll to the end, check and download the images."""
+    resumed = job.id is not None
+    if job.id is None:
+        job.id = await provider.submit(request)
         # Persisted before the first poll, so a restarted runner resumes instead of resubmitting.
-        await on_submitted(external_id)
-    status, polls = await _wait_done(
+        await on_submitted(job.id)
+    status, job.polls = await _wait_done(
         provider,
-        external_id,
+        job.id,
         settings,
+        deadline,
         sleep=sleep,
         should_stop=should_stop,
         clock=clock,
         poll_first=resumed,
     )
     if status.state == "failed":
-        message = f"job {external_id} failed: {status.error or 'no reason given'}"
+        message = f"job {job.id} failed: {status.error or 'no reason given'}"
         raise JobFailed(message) if status.retryable else PermanentError(message)
     if status.state == "canceled":
-        raise Canceled(f"job {external_id} was canceled by the provider")
-    images = await provider.fetch(external_id, status)
-    provider_ms = (clock() - started) * 1000
-    stored = await store.save(request.task_id, request.subtask_id, images)
-    return WorkResult(
-        images=stored, provider_ms=provider_ms, external_id=external_id, extra={"polls": polls}
-    )
+        raise Canceled(f"job {job.id} was canceled by the provider")
+    # A succeeded job with the wrong count is no result: JobFailed makes the next attempt
+    # submit afresh instead of downloading the same wrong answer. Checked before the
+    # downloads too, so a million image refs are not a million requests.
+    if status.images:  # refs known before the download (null derives its images from the id)
+        expect_images(provider, request, len(status.images), f"job {job.id}", JobFailed)
+    images = await provider.fetch(job.id, status)
+    expect_images(provider, request, len(images), f"job {job.id}", JobFailed)
+    return images
 
 
 async def _wait_done(
     provider: QueueProvider,
     external_id: str,
     settings: PollSettings,
+    deadline: float,
     *,
     sleep: Callable[[float], Awaitable[None]],
     should_stop: Callable[[], Awaitable[bool]] | None,
     clock: Callable[[], float],
     poll_first: bool,
 ) -> tuple[JobStatus, int]:
-    """Poll until the job ends; ProviderTimeout past max_attempts or timeout."""
-    deadline = clock() + settings.timeout
+    """Poll until the job ends; ProviderTimeout past max_attempts or the deadline."""
     last_error: Exception | None = None
     for attempt in range(settings.max_attempts):
         delay = settings.polling_interval
@@ -120,9 +180,12 @@ async def _wait_done(
 
 
 async def _cancel(provider: QueueProvider, external_id: str) -> None:
-    """Best-effort cancel; a failure here must not hide the cancellation itself."""
+    """Best-effort cancel, bounded; a failure here must not hide why we cancel."""
     try:
-        with anyio.CancelScope(shield=True):
+        # Shielded: a job we let go of must be told even if the runner is stopping too.
+        with anyio.move_on_after(CANCEL_TIMEOUT, shield=True) as scope:
             await provider.cancel(external_id)
+        if scope.cancelled_caught:
+            log.warning("could not cancel job %s: no answer in %gs", external_id, CANCEL_TIMEOUT)
     except Exception as exc:
         log.warning("could not cancel job %s: %s", external_id, exc)

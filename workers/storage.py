@@ -9,26 +9,54 @@ import secrets
 from pathlib import Path
 
 import anyio.to_thread
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from workers.errors import TransientError
+from workers.errors import PermanentError, TransientError
+from workers.providers.limits import clip
 from workers.types import StoredImage
+
+# 4096 × 4096: larger than any generator's output; decoded as RGBA it is 64 MB already.
+MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of one image
+# Pillow's own decompression-bomb guard follows ours: it warns past this, raises past twice it.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class ImageTooLarge(PermanentError):
+    """More pixels than MAX_IMAGE_PIXELS: a decompression bomb, or a request gone wrong."""
 
 
 def _png(data: bytes) -> tuple[bytes, int, int]:
-    """The image as PNG bytes with its size; other formats are converted."""
+    """The image as PNG bytes with its size, fully decoded once; other formats are converted."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            # Reads the header only; a PNG is kept byte for byte so its sha256 is the provider's.
-            if image.format == "PNG":
-                return data, image.width, image.height
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageTooLarge(_too_large(width, height))
+            image_format = image.format
+            # verify() checks the structure and checksums (a truncated PNG fails here)...
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            # ...and load() decodes every pixel (a corrupt stream with valid checksums fails).
             image.load()
+            if image_format == "PNG":
+                # Kept byte for byte, so its sha256 is the provider's.
+                return data, width, height
             out = io.BytesIO()
             image.save(out, "PNG")
-            return out.getvalue(), image.width, image.height
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        # A corrupt download is worth another attempt, like any malformed response.
-        raise TransientError(f"provider returned an unreadable image: {exc}") from None
+            return out.getvalue(), width, height
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(_too_large(None, None)) from None
+    except Exception as exc:
+        # Decoders raise many types on hostile input (OSError, SyntaxError, struct.error…);
+        # a corrupt download is worth another attempt, like any malformed response.
+        raise TransientError(f"provider returned an unreadable image: {clip(str(exc))}") from None
+
+
+def _too_large(width: int | None, height: int | None) -> str:
+    image = f"a {width}x{height} image" if width is not None else "an image"
+    return f"provider returned {image}, over the limit of {MAX_IMAGE_PIXELS:,} pixels"
 
 
 def _id(value: int, name: str) -> int:

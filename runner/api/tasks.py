@@ -54,7 +54,7 @@ async def create_task(request: web.Request) -> web.Response:
     body = await request.read()  # aiohttp enforces the size cap (413) while reading
     key = request.headers.get(KEY_HEADER)
     try:
-        spec = decode_spec(body.decode("utf-8"), fmt, "body", untrusted=True)
+        spec = decode_spec(body.decode("utf-8"), fmt, "body")
         expansion = prepare(spec, request.app[CONFIG])
     except UnicodeDecodeError:
         raise ApiError(422, "the body is not UTF-8 text") from None

@@ -10,6 +10,7 @@ import pytest
 
 from runner.backoff import (
     DEFAULT_RETRY_POLICY,
+    MIN_DEFERRAL,
     RetryDecision,
     RetryPolicy,
     decide_failure,
@@ -98,7 +99,9 @@ def test_max_retries_is_respected(max_retries: int, retries: int) -> None:
     ("retry_after", "expected"),
     [
         (7.0, 7.0),
-        (0.0, 0.0),
+        (1.0, 1.0),
+        (0.0, 1.0),  # a Retry-After: 0 storm still waits MIN_DEFERRAL
+        (0.3, 1.0),
         (None, 5.0),  # no Retry-After: the default
         (-3.0, 5.0),  # nonsense header values fall back to the default
         (math.nan, 5.0),
@@ -161,9 +164,32 @@ def test_defer_jitter_only_delays_further() -> None:
     assert len(set(waits)) > 100
 
 
+def test_retry_after_zero_storm_is_bounded() -> None:
+    """`Retry-After: 0` defers >= MIN_DEFERRAL: one request a second per subtask, not 100."""
+    waits = [
+        decide_failure(
+            retryable=True, retry_count=0, rate_limited=True, retry_after=0.0, rng=random.Random(i)
+        ).delay
+        for i in range(100)
+    ]
+    assert min(waits) >= MIN_DEFERRAL == 1.0
+    assert max(waits) <= MIN_DEFERRAL * (1 + DEFAULT_RETRY_POLICY.defer_jitter)
+    custom = RetryPolicy(min_deferral=0.25, defer_jitter=0.0)
+    got = decide_failure(
+        retryable=True, retry_count=0, rate_limited=True, retry_after=0.0, policy=custom
+    )
+    assert got.delay == 0.25
+
+
 @pytest.mark.parametrize(
     "kw",
-    [{"max_retries": -1}, {"rate_limit_cap": -1}, {"base": -1.0}, {"jitter": 2.0}],
+    [
+        {"max_retries": -1},
+        {"rate_limit_cap": -1},
+        {"base": -1.0},
+        {"jitter": 2.0},
+        {"min_deferral": -1.0},
+    ],
 )
 def test_retry_policy_rejects_nonsense(kw: dict[str, float]) -> None:
     """Invalid budgets fail at construction."""

@@ -14,7 +14,9 @@ def _env(tmp_path: Path, variables: dict[str, str], toml: str | None = None) -> 
     config_path = tmp_path / "imgrun.toml"
     if toml is not None:
         config_path.write_text(toml)
-    return Environment(home=tmp_path, config_path=config_path, database_url=None, overrides=variables)
+    return Environment(
+        home=tmp_path, config_path=config_path, database_url=None, overrides=variables
+    )
 
 
 def test_nested_names_become_nested_settings() -> None:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from tests.workers.conftest import ServeApp
 from tests.workers.helpers import request
-from workers.errors import PermanentError
+from workers.errors import PermanentError, ProviderTimeout
 from workers.polling import PollSettings, run_polling
 from workers.providers import ProviderConfig, QueueProvider, RetryPolicy, build_provider
 from workers.sim.render import render_png
@@ -30,6 +30,8 @@ class FakeComfy:
         self.submitted: list[dict[str, Any]] = []
         self.views: list[dict[str, str]] = []
         self.deleted: list[Any] = []
+        self.interrupted: list[Any] = []
+        self.running: list[str] = []  # prompt ids GET /queue reports as running
         self._polls = itertools.count()
         self._pending = pending_polls
         self._fail = fail
@@ -40,6 +42,8 @@ class FakeComfy:
         app.router.add_get("/history/{prompt_id}", self.history)
         app.router.add_get("/view", self.view)
         app.router.add_post("/queue", self.queue)
+        app.router.add_get("/queue", self.queue_state)
+        app.router.add_post("/interrupt", self.interrupt)
         return app
 
     async def prompt(self, request: web.Request) -> web.Response:
@@ -92,6 +96,15 @@ class FakeComfy:
 
     async def queue(self, request: web.Request) -> web.Response:
         self.deleted.append((await request.json())["delete"])
+        return web.json_response({})
+
+    async def queue_state(self, _: web.Request) -> web.Response:
+        running = [[7, prompt_id, {}, {}, ["9"]] for prompt_id in self.running]
+        other = [8, "someone-elses", {}, {}, ["9"]]
+        return web.json_response({"queue_running": [*running, other], "queue_pending": []})
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        self.interrupted.append(await request.json())
         return web.json_response({})
 
 
@@ -160,11 +173,39 @@ async def test_validation_error_is_permanent(
 async def test_cancel_deletes_from_the_queue(
     serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
 ) -> None:
-    """cancel() posts {"delete": [prompt_id]} to /queue."""
+    """cancel() posts {"delete": [prompt_id]} to /queue; not running, so no interrupt."""
     fake = FakeComfy()
     provider = await comfy(fake, serve_app, session, fast_retry)
     await provider.cancel(PROMPT_ID)
     assert fake.deleted == [[PROMPT_ID]]
+    assert fake.interrupted == []
+
+
+async def test_cancel_interrupts_our_prompt_only_when_it_runs(
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+) -> None:
+    """Running: a targeted POST /interrupt {"prompt_id"}; someone else's run is never hit."""
+    fake = FakeComfy()
+    fake.running = [PROMPT_ID]
+    provider = await comfy(fake, serve_app, session, fast_retry)
+    await provider.cancel(PROMPT_ID)
+    assert fake.deleted == [[PROMPT_ID]]
+    assert fake.interrupted == [{"prompt_id": PROMPT_ID}]
+
+
+async def test_timed_out_job_is_cancelled_and_interrupted(
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+) -> None:
+    """Giving up on a running prompt (max_attempts) deletes and interrupts it."""
+    fake = FakeComfy(pending_polls=1_000)
+    fake.running = [PROMPT_ID]
+    provider = await comfy(fake, serve_app, session, fast_retry)
+    settings = PollSettings(polling_interval=0.01, max_attempts=3, timeout=10)
+    with pytest.raises(ProviderTimeout, match="not done after 3 polls"):
+        await run_polling(
+            provider, store, request(), settings=settings, external_id=None, on_submitted=_ignore
+        )
+    assert fake.deleted == [[PROMPT_ID]] and fake.interrupted == [{"prompt_id": PROMPT_ID}]
 
 
 async def test_custom_workflow_placeholders_keep_types(

@@ -6,6 +6,9 @@ import hashlib
 import io
 import os
 import stat
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from workers.errors import TransientError
+from workers.errors import PermanentError, TransientError
 from workers.sim.render import render_png
-from workers.storage import ImageStore
+from workers.storage import MAX_IMAGE_PIXELS, ImageStore, ImageTooLarge
 
 pytestmark = pytest.mark.anyio
 
@@ -86,3 +89,63 @@ async def test_images_follow_the_umask(tmp_path: Path, umask: int) -> None:
         os.umask(previous)
     assert stat.S_IMODE(Path(stored[0].path).stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in (tmp_path / "1").iterdir()] == ["2-0.png"]
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def crafted_png(width: int, height: int, idat: bytes) -> bytes:
+    """An 8-bit greyscale PNG with any header size and any IDAT, every checksum valid."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        render_png("a", 1, 0, 20, 10)[:-30],  # cut inside the stream: IEND missing
+        render_png("a", 1, 0, 20, 10)[:60],  # cut just after the header
+        crafted_png(8, 8, b"not a zlib stream"),  # valid CRCs, undecodable pixels
+    ],
+    ids=["truncated", "header only", "corrupt stream"],
+)
+async def test_broken_pngs_are_not_stored(tmp_path: Path, data: bytes) -> None:
+    """Only the header used to be read: a truncated PNG was stored and counted completed."""
+    with pytest.raises(TransientError, match="unreadable image"):
+        await ImageStore(tmp_path).save(1, 2, [data])
+    assert list((tmp_path / "1").iterdir()) == []
+
+
+async def test_decompression_bomb_is_a_permanent_provider_error(tmp_path: Path) -> None:
+    """100,000 × 100,000 pixels in a few bytes: refused before decoding, nothing written."""
+    bomb = crafted_png(100_000, 100_000, zlib.compress(b"\x00" * 1_000))
+    with pytest.raises(PermanentError, match="over the limit of 16,777,216 pixels"):
+        await ImageStore(tmp_path).save(1, 2, [bomb])
+    assert list((tmp_path / "1").iterdir()) == []
+
+
+def _bilevel_png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("pillow_warns", [True, False])
+async def test_pixel_limit_boundary(tmp_path: Path, pillow_warns: bool) -> None:
+    """MAX_IMAGE_PIXELS exactly is stored; one row more is refused (warning as error or not)."""
+    assert MAX_IMAGE_PIXELS == 4096 * 4096
+    stored = await ImageStore(tmp_path).save(1, 1, [_bilevel_png(4096, 4096)])
+    assert (stored[0].width, stored[0].height) == (4096, 4096)
+    with warnings.catch_warnings():
+        # Production does not turn Pillow's DecompressionBombWarning into an error as the
+        # suite does: our own check must refuse the image either way.
+        warnings.simplefilter("error" if pillow_warns else "ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageTooLarge, match=r"(a 4096x4097 image|an image), over the limit"):
+            await ImageStore(tmp_path).save(1, 2, [_bilevel_png(4096, 4097)])
+    assert [p.name for p in (tmp_path / "1").iterdir()] == ["1-0.png"]

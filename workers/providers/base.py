@@ -26,6 +26,10 @@ class JobStatus:
         return self.state in TERMINAL
 
 
+# Workers require exactly `batch_size` images from every provider; one that makes none by
+# design (the `null` provider) sets an attribute `produces_images = False` to be let off.
+
+
 @runtime_checkable
 class StandardProvider(Protocol):
     """One synchronous call per subtask: request in, PNG bytes out."""

@@ -111,9 +111,7 @@ class ComfyUIQueue:
                 "POST", "prompt", json_body=body, idempotency_key=request.idempotency_key
             )
             prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
-            if not isinstance(prompt_id, str) or not prompt_id:
-                raise self._http.malformed("submit", "no prompt_id")
-            return prompt_id
+            return self._http.external_id("submit", prompt_id)
 
         return await self._http.retry("submit", once)
 
@@ -132,15 +130,19 @@ class ComfyUIQueue:
         if not isinstance(entry, dict):
             raise self._http.malformed("poll", "history entry is not an object")
         status = entry.get("status") or {}
+        if not isinstance(status, dict):
+            raise self._http.malformed("poll", "status is not an object")
         if status.get("status_str") == "error":
-            return JobStatus(state="failed", error=self._http.redact(_execution_error(status)))
+            return JobStatus(
+                state="failed", error=self._http.provider_text(_execution_error(status))
+            )
         if not status.get("completed", True):
             return JobStatus(state="running")
         try:
-            images = _image_refs(entry.get("outputs") or {})
+            refs = list(_image_refs(entry.get("outputs") or {}))
         except (AttributeError, KeyError, TypeError):
             raise self._http.malformed("poll", "unexpected outputs shape") from None
-        return JobStatus(state="succeeded", images=images)
+        return JobStatus(state="succeeded", images=self._http.image_refs("poll", refs))
 
     async def fetch(self, external_id: str, status: JobStatus) -> list[bytes]:
         """GET /view for each output image."""
@@ -152,11 +154,17 @@ class ComfyUIQueue:
         ]
 
     async def cancel(self, external_id: str) -> None:
-        """Remove the prompt from the queue; a running prompt is left to finish.
-
-        /interrupt is not used: on older servers it stops whatever runs, maybe someone else's.
-        """
+        """Remove the prompt from the queue; if it is the one running, interrupt it."""
         await self._http.request("POST", "queue", json_body={"delete": [external_id]})
+        data = await self._http.request_json("GET", "queue")
+        running = data.get("queue_running") if isinstance(data, dict) else None
+        # Items are [number, prompt_id, prompt, extra_data, outputs]. Checked first because
+        # servers before targeted interrupts (2025) ignore the prompt_id and stop whatever
+        # runs, maybe someone else's prompt; current ones stop only this one.
+        if isinstance(running, list) and any(
+            isinstance(item, list) and len(item) > 1 and item[1] == external_id for item in running
+        ):
+            await self._http.request("POST", "interrupt", json_body={"prompt_id": external_id})
 
 
 def _image_refs(outputs: dict[str, Any]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from workers.providers import comfyui, lumina, null, openai_images
 from workers.providers.base import QueueProvider, StandardProvider
 from workers.providers.config import Pool, ProviderConfig, ProviderConfigError
 from workers.providers.http import HttpClient
+from workers.providers.limits import COMMON_OPTIONS, max_response_bytes
 from workers.providers.retry import RetryPolicy
 
 # Which pools each provider type can serve. "sim" serves both: the standard pool speaks
@@ -27,11 +28,12 @@ POOLS: dict[str, frozenset[Pool]] = {
 # The options each type's adapters take. The sim feeds both pools from one
 # [providers.sim] section, so it accepts both adapters' options, and it takes seed and
 # polish, so its images follow the task's seed.
+# Every HTTP adapter also takes the common limits (max_response_bytes).
 OPTIONS: dict[str, dict[str, Any]] = {
-    "sim": {**lumina.OPTIONS, **openai_images.OPTIONS, "send_seed": True},
-    "openai": openai_images.OPTIONS,
-    "lumina": lumina.OPTIONS,
-    "comfyui": comfyui.OPTIONS,
+    "sim": {**COMMON_OPTIONS, **lumina.OPTIONS, **openai_images.OPTIONS, "send_seed": True},
+    "openai": {**COMMON_OPTIONS, **openai_images.OPTIONS},
+    "lumina": {**COMMON_OPTIONS, **lumina.OPTIONS},
+    "comfyui": {**COMMON_OPTIONS, **comfyui.OPTIONS},
     "null": null.OPTIONS,
 }
 CHOICES: dict[str, tuple[str, ...]] = {"response_format": ("b64_json", "url")}
@@ -43,7 +45,15 @@ def adapter_options(config: ProviderConfig, pool: Pool) -> dict[str, Any]:
         raise ProviderConfigError(
             repr(config.name), f"{config.type!r} cannot serve the {pool} pool", key="type"
         )
-    return config.options(OPTIONS[config.type], CHOICES)
+    options = config.options(OPTIONS[config.type], CHOICES)
+    if "max_response_bytes" in options:
+        try:
+            max_response_bytes(options)
+        except ValueError as exc:
+            raise ProviderConfigError(
+                repr(config.name), str(exc), key="max_response_bytes"
+            ) from None
+    return options
 
 
 def check_config(config: ProviderConfig) -> None:
@@ -103,6 +113,7 @@ def build_provider(
         api_key=api_key,
         timeout=config.timeout,
         retry=retry or RetryPolicy(),
+        max_response_bytes=max_response_bytes(options),
     )
     if pool == "standard":  # sim or openai: both speak the OpenAI-compatible API
         return openai_images.OpenAIImages(http, model=config.model, options=options)

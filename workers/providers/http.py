@@ -18,13 +18,53 @@ from workers.errors import (
     TransientError,
 )
 from workers.headers import parse_retry_after
+from workers.providers.limits import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_EXTERNAL_ID,
+    MAX_IMAGE_REF,
+    MAX_PROVIDER_TEXT,
+    MAX_RESPONSE_BYTES,
+    clip,
+)
 from workers.providers.retry import RetryPolicy, with_retries
 from workers.providers.secrets import Redactor
 
 T = TypeVar("T")
-_MAX_MESSAGE = 300  # characters of a provider's error text kept in our message
 # 4xx codes that mean "try again", not "your request is wrong".
 _TRANSIENT_4XX = frozenset({408, 409, 423, 425})
+_READ_CHUNK = 64 * 1024  # bytes per read of a response body
+
+
+class ResponseTooLarge(PermanentError):
+    """A body over the provider's max_response_bytes: the same request would send it again."""
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int, where: str) -> bytes:
+    """The whole body, refused as soon as it passes `limit` bytes (after decompression)."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise ResponseTooLarge(f"{where}: response of {declared:,} bytes, over {limit:,}")
+    chunks: list[bytes] = []
+    size = 0
+    # Counted as read, not trusted from Content-Length: it may be absent, wrong or compressed.
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(f"{where}: response over {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to `limit` bytes of the body (an error's message needs no more)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 def make_session(
@@ -45,7 +85,7 @@ def _message(body: bytes) -> str:
     text = body.decode("utf-8", "replace")
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a truncated or hostile body is still a message
         return text
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
@@ -64,10 +104,8 @@ def classify(
     redact: Callable[[str], str],
 ) -> ProviderError:
     """Map an HTTP error status to the error class the runner acts on."""
-    # Redact before truncating, so a cut cannot leave half a key unmatched.
-    detail = redact(_message(body))
-    if len(detail) > _MAX_MESSAGE:
-        detail = detail[:_MAX_MESSAGE] + "…"
+    # Redact before clipping, so a cut cannot leave half a key unmatched.
+    detail = clip(redact(_message(body)))
     message = f"{where}: HTTP {status}: {detail}"
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if status == 429 or (status == 503 and retry_after is not None):
@@ -89,8 +127,10 @@ class HttpClient:
         api_key: str | None,
         timeout: float,
         retry: RetryPolicy,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.name = name
+        self.max_response_bytes = max_response_bytes
         self.base_url = URL(base_url.rstrip("/") + "/")
         self.retry_policy = retry
         self._session = session
@@ -128,17 +168,22 @@ class HttpClient:
         headers = dict(self._auth) if url.origin() == self.base_url.origin() else {}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        where = f"{self.name} {method} {url.path}"
+        # The path may come from a provider's response (an image URL): clip it.
+        where = f"{self.name} {method} {clip(url.path, 100)}"
         try:
             async with self._session.request(
                 method, url, json=json_body, params=params, headers=headers, timeout=self._timeout
             ) as resp:
-                body = await resp.read()
                 status, resp_headers = resp.status, resp.headers
+                if status >= 400:
+                    body = await read_prefix(resp, MAX_ERROR_BODY_BYTES)
+                else:
+                    body = await read_body(resp, self.max_response_bytes, where)
         except TimeoutError as exc:
             raise ProviderTimeout(f"{where}: no answer in {self._timeout.total}s") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransientError(self.redact(f"{where}: {type(exc).__name__}: {exc}")) from exc
+            detail = clip(self.redact(f"{type(exc).__name__}: {exc}"))
+            raise TransientError(f"{where}: {detail}") from exc
         if status >= 400:
             raise classify(status, resp_headers, body, where, self.redact)
         return body
@@ -148,9 +193,31 @@ class HttpClient:
         body = await self.request(method, target, **kwargs)
         try:
             return json.loads(body)
-        except ValueError:
-            raise self.malformed(f"{method} {target}", "body is not JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past ~1,000
+            raise self.malformed(f"{method} {clip(str(target), 100)}", "body is not JSON") from None
 
     def malformed(self, where: str, what: str) -> TransientError:
         """A 2xx whose body we cannot use: retried like any transient failure."""
-        return TransientError(self.redact(f"{self.name} {where}: malformed response: {what}"))
+        return TransientError(
+            self.provider_text(f"{self.name} {where}: malformed response: {what}", 500)
+        )
+
+    def provider_text(self, text: str, limit: int = MAX_PROVIDER_TEXT) -> str:
+        """Text from a response, fit for a message: redacted, then clipped to `limit`."""
+        # Cut long before redacting (regexes over megabytes are slow), then clip well inside
+        # that cut, so a key the first cut halved is dropped whole, never shown in part.
+        return clip(self.redact(text[: limit * 8]), limit)
+
+    def external_id(self, where: str, value: Any) -> str:
+        """A job id from a response: a non-empty string of sane length, else malformed."""
+        if not isinstance(value, str) or not value or len(value) > MAX_EXTERNAL_ID:
+            raise self.malformed(where, "no usable job id")
+        return value
+
+    def image_refs(self, where: str, refs: Any) -> tuple[str, ...]:
+        """Image URLs/refs from a job's status: strings of sane length, else malformed."""
+        if not isinstance(refs, list) or not all(
+            isinstance(ref, str) and 0 < len(ref) <= MAX_IMAGE_REF for ref in refs
+        ):
+            raise self.malformed(where, "images is not a list of URLs")
+        return tuple(refs)

@@ -63,9 +63,7 @@ class LuminaQueue:
                 "POST", "v1/tasks", json_body=body, idempotency_key=request.idempotency_key
             )
             task_uuid = data.get("task_uuid") if isinstance(data, dict) else None
-            if not isinstance(task_uuid, str) or not task_uuid:
-                raise self._http.malformed("submit", "no task_uuid")
-            return task_uuid
+            return self._http.external_id("submit", task_uuid)
 
         return await self._http.retry("submit", once)
 
@@ -76,17 +74,17 @@ class LuminaQueue:
     async def _poll_once(self, external_id: str) -> JobStatus:
         data = await self._http.request_json("GET", f"v1/tasks/{quote(external_id, safe='')}")
         raw = data.get("status") if isinstance(data, dict) else None
-        state = _STATES.get(str(raw).lower())
-        images = (data.get("images") or []) if isinstance(data, dict) else []
-        if state is None or not isinstance(images, list):
-            raise self._http.malformed("poll", f"unknown status {raw!r}")
+        state = _STATES.get(raw.lower()) if isinstance(raw, str) else None
+        if state is None:
+            raise self._http.malformed("poll", f"unknown status {raw!r:.100}")
+        images = self._http.image_refs("poll", data.get("images") or [])
         error = data.get("error")
         if isinstance(error, dict):
-            error = error.get("message") or str(error)
+            error = error.get("message") or error
         return JobStatus(
             state=state,
-            images=tuple(str(ref) for ref in images),
-            error=self._http.redact(str(error)) if error else None,
+            images=images,
+            error=self._http.provider_text(str(error)) if error else None,
             retryable=bool(data.get("retryable", False)),
         )
 

@@ -31,6 +31,8 @@ class NullProvider:
 
     def __init__(self, *, options: dict[str, Any]) -> None:
         self._emit_png: bool = options["emit_png"]
+        # Without emit_png it makes no images by design; the workers accept an empty batch.
+        self.produces_images = self._emit_png
 
     def __repr__(self) -> str:
         return f"NullProvider(emit_png={self._emit_png})"

@@ -76,5 +76,6 @@ class OpenAIImages:
         if "b64_json" in item:
             return b64_image(self._http, where, item["b64_json"])
         if isinstance(item.get("url"), str):
-            return await self._http.request("GET", self._http.resolve(item["url"]))
+            (url,) = self._http.image_refs(where, [item["url"]])
+            return await self._http.request("GET", self._http.resolve(url))
         raise self._http.malformed(where, "data item has neither b64_json nor url")

@@ -42,18 +42,20 @@ class RetryPolicy:
 
 
 class WaitRetryAfter(wait_base):
-    """Wait what the server asked for after a 429, else fall back (exponential + jitter)."""
+    """Wait what the server asked for after a 429 (within [floor, cap]), else fall back."""
 
-    def __init__(self, fallback: wait_base, cap: float) -> None:
+    def __init__(self, fallback: wait_base, cap: float, floor: float = 0.0) -> None:
         self._fallback = fallback
         self._cap = cap
+        # `Retry-After: 0` must not mean "hammer it": never sooner than our own first wait.
+        self._floor = floor
 
     def __call__(self, retry_state: RetryCallState) -> float:
         """Seconds to sleep before the next try."""
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            return min(exc.retry_after, self._cap)
+            return min(max(exc.retry_after, self._floor), self._cap)
         return self._fallback(retry_state)
 
 
@@ -99,6 +101,7 @@ async def with_retries(policy: RetryPolicy, what: str, step: Callable[[], Awaita
                 multiplier=policy.wait_initial, max=policy.wait_max, jitter=policy.jitter
             ),
             cap=policy.max_retry_after,
+            floor=policy.wait_initial,
         ),
         sleep=policy.sleep,
         before_sleep=_log_retry(what, policy),
