@@ -79,9 +79,11 @@ def rss(pids: list[int]) -> dict[int, int]:
     sizes = {}
     for pid in pids:
         try:
-            sizes[pid] = psutil.Process(pid).memory_info().rss
+            size = psutil.Process(pid).memory_info().rss
         except psutil.NoSuchProcess:
             continue
+        if size:  # an exited runner not yet reaped (a zombie) reports 0
+            sizes[pid] = size
     return sizes
 
 

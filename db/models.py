@@ -26,6 +26,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from workers.kinds import POOL_NAMES
+
 # Stable constraint names keep migrations and `alembic check` deterministic.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -35,7 +37,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-POOLS = ("standard", "lumina")
+POOLS = POOL_NAMES
 TASK_STATUSES = ("pending", "running", "completed", "failed", "partial", "canceled")
 SUBTASK_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
 OUTBOX_STATES = ("pending", "delivered", "failed")

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -212,6 +212,9 @@ async def claim(
         return [ClaimedSubtask(**row) for row in rows.mappings()]
 
 
+OutcomeKind = Literal["completed", "failed", "canceled", "retry", "defer", "release"]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one attempt ended.
@@ -222,7 +225,7 @@ class Outcome:
 
     subtask_id: int
     attempt: int
-    kind: str
+    kind: OutcomeKind
     executor_id: str
     result: dict[str, Any] | None = None
     error: str | None = None

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-RetryAction = Literal["retry", "fail", "defer"]
+RetryAction = Literal["retry", "failed", "defer"]
 
 # 2**64 seconds is far past any cap; clamping the exponent keeps the float math finite.
 _MAX_EXPONENT = 64
@@ -44,7 +44,7 @@ def retry_delay(
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class SubtaskRetryPolicy:
     """Retry budget and backpressure settings (DESIGN.md "Retries and errors")."""
 
     max_retries: int = 3  # seed: at most 3 retries after the first attempt
@@ -68,7 +68,7 @@ class RetryPolicy:
             raise ValueError("jitter and defer_jitter must be in [0, 1]")
 
 
-DEFAULT_RETRY_POLICY = RetryPolicy()
+DEFAULT_RETRY_POLICY = SubtaskRetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -93,17 +93,17 @@ def decide_failure(
     rate_limited: bool = False,
     retry_after: float | None = None,
     rate_limit_count: int = 0,
-    policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    policy: SubtaskRetryPolicy = DEFAULT_RETRY_POLICY,
     rng: random.Random | None = None,
 ) -> RetryDecision:
     """Decide retry, defer or fail from the error's nature and the subtask's counters."""
     if rate_limited:
         return _decide_rate_limited(retry_after, rate_limit_count, policy, rng)
     if not retryable:
-        return RetryDecision("fail", 0.0, counts_retry=False, reason="non-retryable error")
+        return RetryDecision("failed", 0.0, counts_retry=False, reason="non-retryable error")
     if retry_count >= policy.max_retries:
         return RetryDecision(
-            "fail",
+            "failed",
             0.0,
             counts_retry=False,
             reason=f"retries exhausted ({retry_count}/{policy.max_retries})",
@@ -122,14 +122,14 @@ def decide_failure(
 def _decide_rate_limited(
     retry_after: float | None,
     rate_limit_count: int,
-    policy: RetryPolicy,
+    policy: SubtaskRetryPolicy,
     rng: random.Random | None,
 ) -> RetryDecision:
     # Backpressure is the provider's state, not the subtask's fault, so it must not burn
     # the retry budget; the separate cap only stops a subtask bouncing forever.
     if rate_limit_count >= policy.rate_limit_cap:
         return RetryDecision(
-            "fail",
+            "failed",
             0.0,
             counts_retry=False,
             reason=f"rate-limited {rate_limit_count} times (cap {policy.rate_limit_cap})",

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from runner.config import Config, Environment
 from runner.errors import UserError
 from runner.service import provider_config
+from workers.kinds import PROVIDER_POOLS
 from workers.providers.config import ProviderConfigError
-from workers.providers.factory import POOLS, check_config
+from workers.providers.factory import check_config
 
 MAX_KEY_SHOWN = 120  # characters of a (hostile, huge) config key quoted in an error
 
@@ -48,8 +49,8 @@ def validate_task_provider(config: Config, env: Environment, name: str, pool: st
     """Refuse a task whose provider is misconfigured or cannot serve its pool."""
     validate_providers(config, env, names=[name], require_keys=False)
     kind = config.providers[name].type
-    if pool not in POOLS.get(kind, frozenset()):
+    if pool not in PROVIDER_POOLS.get(kind, frozenset()):
         raise UserError(
             f"provider: {name!r} (type {kind}) cannot serve the {pool} pool;"
-            f" it serves: {', '.join(sorted(POOLS.get(kind, frozenset())))}"
+            f" it serves: {', '.join(sorted(PROVIDER_POOLS.get(kind, frozenset())))}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tomllib
@@ -15,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runner import spec_limits
 from runner.errors import UserError, shown
+from runner.scaling import PolicyName, ScalingConfig
+from workers.kinds import PoolName, ProviderType
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, never megabytes
 
-PolicyName = Literal["adaptive", "queue-depth"]
 EventName = Literal["task.finished", "runner.lost", "provider.degraded", "error.new"]
 ALL_EVENTS: tuple[EventName, ...] = (
     "task.finished",
@@ -28,12 +30,17 @@ ALL_EVENTS: tuple[EventName, ...] = (
 )
 ENV_PREFIX = "IMGRUN_"
 ENV_NESTING = "__"  # IMGRUN_POOLS__STANDARD__MAX is pools.standard.max
-PoolName = Literal["standard", "lumina"]
-ProviderType = Literal["sim", "openai", "lumina", "comfyui", "null"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_TUNING: dict[str, Any] = {
+    f.name: f.default
+    for f in dataclasses.fields(ScalingConfig)
+    if f.default is not dataclasses.MISSING
+}
 
 
 class PoolConfig(_Strict):
@@ -49,11 +56,26 @@ class PoolConfig(_Strict):
     polling_interval: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=60, ge=1)
     policy: PolicyName = "adaptive"
+    # The adaptive policy's tuning; defaults (and units) are ScalingConfig's own.
+    decrease_factor: float = Field(default=_TUNING["decrease_factor"], gt=0, lt=1)
+    min_limit: int = Field(default=_TUNING["min_limit"], ge=1)
+    pressure_window: float = Field(default=_TUNING["pressure_window"], ge=0)
+    pressure_cooldown: float = Field(default=_TUNING["pressure_cooldown"], ge=0)
+    fast_scale_up_interval: float = Field(default=_TUNING["fast_scale_up_interval"], ge=0)
+    latency_tolerance: float = Field(default=_TUNING["latency_tolerance"], ge=1)
+    latency_alpha: float = Field(default=_TUNING["latency_alpha"], gt=0, le=1)
+
+    def scaling(self) -> ScalingConfig:
+        """The policy's config: every field the two share, by name (the one conversion)."""
+        shared = {f.name for f in dataclasses.fields(ScalingConfig)}
+        return ScalingConfig(**{name: getattr(self, name) for name in shared})
 
     @model_validator(mode="after")
     def _initial_within_max(self) -> PoolConfig:
         if self.initial > self.max:
             raise ValueError(f"initial ({self.initial}) is above max ({self.max})")
+        if self.min_limit > self.initial:
+            raise ValueError(f"min_limit ({self.min_limit}) is above initial ({self.initial})")
         return self
 
 

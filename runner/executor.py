@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +17,16 @@ from db import queries
 from db.engine import is_transient_db_error
 from db.notify import listen
 from db.queries import ClaimedSubtask, ErrorRecord, Outcome
-from runner.backoff import RetryPolicy, decide_failure
+from runner.backoff import SubtaskRetryPolicy
+from runner.classify import Attempt, classify, pressure_of
 from runner.config import PoolConfig, RunnerSettings
-from runner.fingerprint import error_type, fingerprint, redact
+from runner.fingerprint import redact
 from runner.metrics import Metrics
 from runner.outcomes import OutcomeBuffer, Release
+from runner.params import image_request
 from runner.pool import Pool, Wakeup
 from runner.scaling import Decision, PressureKind
-from workers.errors import Canceled, JobFailed, ProviderError, ProviderTimeout, RateLimited
+from workers.errors import Canceled, ProviderError, RateLimited
 from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class Executor:
         engine: AsyncEngine,
         identity: Identity,
         settings: RunnerSettings,
-        pools: dict[str, PoolConfig],
+        pools: Mapping[str, PoolConfig],
         work: Work,
         *,
         secrets: tuple[str, ...] = (),
@@ -268,33 +270,16 @@ class Executor:
         return release
 
     async def _run_one(self, pool: Pool, row: ClaimedSubtask, release: Release) -> None:
-        request = ImageRequest(
+        request = image_request(
             task_id=row.task_id,
             subtask_id=row.id,
             attempt=row.attempts,
             prompt=row.prompt,
-            seed=int(row.params["seed"]),
-            ratio=str(row.params.get("ratio", "1:1")),
-            batch_size=int(row.params.get("batch_size", 1)),
-            polish=bool(row.params.get("polish", False)),
+            params=row.params,
         )
 
         async def on_submitted(external_id: str) -> None:
-            # The job is paid for: keep trying to record its id (within the lease) so a
-            # successor resumes it rather than submitting again.
-            retrying = tenacity.AsyncRetrying(
-                retry=tenacity.retry_if_exception(is_transient_db_error),
-                wait=tenacity.wait_exponential(multiplier=0.2, max=5)
-                + tenacity.wait_random(0, 0.2),
-                stop=tenacity.stop_after_delay(self.settings.lease / 2),
-                reraise=True,
-            )
-            with anyio.CancelScope(shield=True):
-                async for attempt in retrying:
-                    with attempt:
-                        await queries.set_external_id(
-                            self.engine, row.id, row.attempts, self.executor_id, external_id
-                        )
+            await self._persist_external_id(row, external_id)
 
         async def should_stop() -> bool:
             return row.task_id in self._canceled_tasks
@@ -313,20 +298,41 @@ class Executor:
             self._on_failure(pool, row, exc, release, traceback_text=None)
         except Exception as exc:
             # A bug in a worker or adapter: keep the runner alive, count it as retryable.
-            log.exception("unexpected error running subtask %d", row.id)
-            self._on_failure(pool, row, exc, release, traceback_text=traceback.format_exc())
+            # Logged redacted: the exception's text may quote a request and its key.
+            trace = redact(traceback.format_exc(), self.secrets)
+            log.error("unexpected error running subtask %d\n%s", row.id, trace)
+            self._on_failure(pool, row, exc, release, traceback_text=trace)
         else:
-            elapsed = self.clock() - started
-            pool.window.completed += 1
-            pool.window.latencies.append(elapsed)
-            self.metrics.completions.labels(pool.name, row.provider).inc()
-            self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
-            self._record(
-                Outcome(
-                    row.id, row.attempts, "completed", self.executor_id, result=result.to_json()
-                ),
-                release,
-            )
+            self._on_success(pool, row, result, self.clock() - started, release)
+
+    async def _persist_external_id(self, row: ClaimedSubtask, external_id: str) -> None:
+        """Record an async job's id before polling it, retrying within half a lease."""
+        # The job is paid for: keep trying to record its id so a successor resumes it
+        # rather than submitting again.
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(is_transient_db_error),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=5) + tenacity.wait_random(0, 0.2),
+            stop=tenacity.stop_after_delay(self.settings.lease / 2),
+            reraise=True,
+        )
+        with anyio.CancelScope(shield=True):
+            async for attempt in retrying:
+                with attempt:
+                    await queries.set_external_id(
+                        self.engine, row.id, row.attempts, self.executor_id, external_id
+                    )
+
+    def _on_success(
+        self, pool: Pool, row: ClaimedSubtask, result: WorkResult, elapsed: float, release: Release
+    ) -> None:
+        pool.window.completed += 1
+        pool.window.latencies.append(elapsed)
+        self.metrics.completions.labels(pool.name, row.provider).inc()
+        self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
+        outcome = Outcome(
+            row.id, row.attempts, "completed", self.executor_id, result=result.to_json()
+        )
+        self._record(outcome, release)
 
     def _on_failure(
         self,
@@ -336,67 +342,52 @@ class Executor:
         release: Release,
         traceback_text: str | None,
     ) -> None:
-        message = redact(str(exc) or type(exc).__name__, self.secrets)
-        rate_limited = isinstance(exc, RateLimited)
-        retryable = bool(getattr(exc, "retryable", True))
-        decision = decide_failure(
-            retryable=retryable,
-            retry_count=row.retry_count,
-            rate_limited=rate_limited,
-            retry_after=exc.retry_after if isinstance(exc, RateLimited) else None,
-            rate_limit_count=row.deferrals,
-            policy=RetryPolicy(
-                max_retries=row.max_retries,
-                base=self.settings.retry_base,
-                rate_limit_cap=self.settings.rate_limit_deferrals,
-            ),
+        policy = SubtaskRetryPolicy(
+            max_retries=row.max_retries,
+            base=self.settings.retry_base,
+            rate_limit_cap=self.settings.rate_limit_deferrals,
         )
-        self._pressure(pool, exc)
-        if not rate_limited:
+        attempt = Attempt(row.retry_count, row.deferrals, row.max_retries)
+        verdict = classify(exc, attempt, policy, self.secrets)
+        self._pressure(pool, verdict.pressure, verdict.retry_after)
+        if verdict.counts_as_failure:
             pool.window.failures += 1
-        kind = {"retry": "retry", "defer": "defer", "fail": "failed"}[decision.action]
-        self.metrics.failures.labels(pool.name, row.provider, kind).inc()
-        error = f"{error_type(exc)}: {message}"
-        # A failed or timed-out async job is gone; any other failure (a lost fetch, a
-        # crash) leaves it running at the provider, to be resumed rather than paid twice.
-        reset_job = row.pool == "lumina" and isinstance(exc, JobFailed | ProviderTimeout)
-        self._record(
-            Outcome(
-                row.id,
-                row.attempts,
-                kind,
-                self.executor_id,
-                error=error,
-                delay=decision.delay,
-                reset_job=reset_job,
-            ),
-            release,
+        self.metrics.failures.labels(pool.name, row.provider, verdict.kind).inc()
+        outcome = Outcome(
+            row.id,
+            row.attempts,
+            verdict.kind,
+            self.executor_id,
+            error=verdict.error,
+            delay=verdict.delay,
+            reset_job=verdict.reset_job,
         )
+        self._record(outcome, release)
         trace = redact(traceback_text, self.secrets) if traceback_text else None
         self.buffer.record_error(
             ErrorRecord(
-                error_type(exc), fingerprint(message), trace, pool.name, row.provider, row.id
+                verdict.error_type, verdict.fingerprint, trace, pool.name, row.provider, row.id
             )
         )
-        log.debug("subtask %d attempt %d: %s -> %s", row.id, row.attempts, error, decision.action)
+        log.debug(
+            "subtask %d attempt %d: %s -> %s", row.id, row.attempts, verdict.error, verdict.kind
+        )
 
     def observe_retry(self, pool_name: str, exc: BaseException) -> None:
         """An error a provider's own retries absorbed: still a pressure signal for the pool."""
         pool = self.pools.get(pool_name)
         if pool is not None:
-            self._pressure(pool, exc)
+            retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+            self._pressure(pool, pressure_of(exc), retry_after)
 
-    def _pressure(self, pool: Pool, exc: BaseException) -> None:
-        if isinstance(exc, RateLimited):
-            pool.window.rate_limited += 1
-            kind: PressureKind = "rate_limited" if exc.status in (None, 429) else "unavailable"
-            decision = pool.policy.on_pressure(kind, exc.retry_after, self.clock())
-        elif isinstance(exc, ProviderTimeout):
-            pool.window.timeouts += 1
-            decision = pool.policy.on_pressure("timeout", None, self.clock())
-        else:
+    def _pressure(self, pool: Pool, kind: PressureKind | None, retry_after: float | None) -> None:
+        if kind is None:
             return
-        self._adopt(pool, decision)
+        if kind == "timeout":
+            pool.window.timeouts += 1
+        else:
+            pool.window.rate_limited += 1
+        self._adopt(pool, pool.policy.on_pressure(kind, retry_after, self.clock()))
 
     def _adopt(self, pool: Pool, decision: Decision) -> None:
         before = int(pool.limiter.total_tokens)

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from runner.config import PoolConfig
-from runner.scaling import Decision, PoolSignals, ScalingConfig, ScalingPolicy, make_policy
+from runner.scaling import Decision, PoolSignals, ScalingPolicy, make_policy
 
 HISTORY = 20  # scaling decisions kept for the status view
 LATENCY_SAMPLE = 1024  # latest latencies kept per window: p50 needs no more, memory stays flat
@@ -60,25 +60,13 @@ class Window:
         )
 
 
-def scaling_config(config: PoolConfig) -> ScalingConfig:
-    """The policy's view of a pool's settings."""
-    return ScalingConfig(
-        initial=config.initial,
-        max=config.max,
-        step=config.step,
-        scale_up_interval=config.scale_up_interval,
-        scale_down_interval=config.scale_down_interval,
-        tick_interval=config.tick_interval,
-    )
-
-
 class Pool:
     """A pool: `limiter.total_tokens` is the limit, `borrowed_tokens` the running count."""
 
     def __init__(self, name: str, config: PoolConfig, now: float) -> None:
         self.name = name
         self.config = config
-        self.policy: ScalingPolicy = make_policy(config.policy, scaling_config(config), now=now)
+        self.policy: ScalingPolicy = make_policy(config.policy, config.scaling(), now=now)
         self.limiter = anyio.CapacityLimiter(self.policy.limit)
         self.wakeup = Wakeup()
         self.pending = 0

@@ -63,16 +63,6 @@ class ScalingConfig:
             raise ValueError("latency_tolerance must be >= 1 and latency_alpha in (0, 1]")
 
 
-# Seed defaults (002: defaultConfig); the seed gives lumina no max, DESIGN.md sets 20, and
-# lumina has no scale-down interval of its own in the seed, so it shares the 180 s one.
-STANDARD_DEFAULTS = ScalingConfig(
-    initial=10, max=50, step=5, scale_up_interval=60.0, scale_down_interval=180.0
-)
-LUMINA_DEFAULTS = ScalingConfig(
-    initial=2, max=20, step=2, scale_up_interval=120.0, scale_down_interval=180.0
-)
-
-
 @dataclass(frozen=True)
 class PoolSignals:
     """What the runner observed for one pool since the previous tick."""

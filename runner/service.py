@@ -18,15 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.queries import ClaimedSubtask
 from runner.alerts.delivery import AlertDelivery
-from runner.config import Config, Environment, ProviderSettings
+from runner.config import Config, Environment, PoolConfig, ProviderSettings
 from runner.executor import Executor, Identity, Work
 from workers.errors import PermanentError
+from workers.kinds import LUMINA, POOL_NAMES, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling
 from workers.providers.base import QueueProvider, StandardProvider
 from workers.providers.config import ProviderConfig, ProviderConfigError
 from workers.providers.factory import build_provider
 from workers.providers.http import make_session
-from workers.providers.retry import RetryPolicy
+from workers.providers.retry import RequestRetryPolicy
 from workers.standard import run_standard
 from workers.storage import ImageStore
 from workers.types import ImageRequest, WorkResult
@@ -62,7 +63,9 @@ class Providers:
         self._standard: dict[str, StandardProvider] = {}
         self._queue: dict[str, QueueProvider] = {}
 
-    def _settings(self, name: str, pool: str) -> tuple[ProviderConfig, str | None, RetryPolicy]:
+    def _settings(
+        self, name: str, pool: str
+    ) -> tuple[ProviderConfig, str | None, RequestRetryPolicy]:
         settings = self.config.providers.get(name)
         if settings is None:
             raise PermanentError(f"provider {name!r} is not configured on this runner")
@@ -71,7 +74,7 @@ class Providers:
             if self.on_retry is not None:
                 self.on_retry(pool, exc)
 
-        retry = RetryPolicy(
+        retry = RequestRetryPolicy(
             attempts=settings.request_attempts,
             wait_initial=settings.request_retry_wait,
             on_retry=observe,
@@ -81,7 +84,7 @@ class Providers:
     def standard(self, name: str) -> StandardProvider:
         """The adapter serving the standard pool; PermanentError if there is none."""
         if name not in self._standard:
-            config, key, retry = self._settings(name, "standard")
+            config, key, retry = self._settings(name, STANDARD.name)
             try:
                 self._standard[name] = build_provider(
                     config, self.session, api_key=key, retry=retry
@@ -93,7 +96,7 @@ class Providers:
     def queue(self, name: str) -> QueueProvider:
         """The adapter serving the lumina pool; PermanentError if there is none."""
         if name not in self._queue:
-            config, key, retry = self._settings(name, "lumina")
+            config, key, retry = self._settings(name, LUMINA.name)
             try:
                 self._queue[name] = build_provider(
                     config, self.session, api_key=key, pool="lumina", retry=retry
@@ -110,7 +113,7 @@ class Providers:
 
 def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
     """The function the executor calls for each claimed subtask."""
-    lumina = config.pool("lumina")
+    lumina = config.pool(LUMINA.name)
     poll_settings = PollSettings(
         polling_interval=lumina.polling_interval,
         max_attempts=lumina.max_attempts,
@@ -123,7 +126,7 @@ def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
         on_submitted: Callable[[str], Awaitable[None]],
         should_stop: Callable[[], Awaitable[bool]],
     ) -> WorkResult:
-        if row.pool == "lumina":
+        if pool_kind(row.pool).polls:
             return await run_polling(
                 providers.queue(row.provider),
                 store,
@@ -137,7 +140,7 @@ def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
             providers.standard(row.provider),
             store,
             request,
-            timeout=config.pool("standard").timeout,
+            timeout=config.pool(STANDARD.name).timeout,
         )
 
     return work
@@ -214,7 +217,7 @@ async def serve(
     store = ImageStore(output_dir(config, env))
     # Built first: a webhook whose secret variable is unset stops the start (exit 2).
     alerts = AlertDelivery.from_config(engine, config, env)
-    pools = {name: config.pool(name) for name in ("standard", "lumina")}
+    pools: dict[str, PoolConfig] = {name: config.pool(name) for name in POOL_NAMES}
     async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
         providers = Providers(config, env, session)
         executor = Executor(

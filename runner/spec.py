@@ -10,7 +10,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -24,12 +24,12 @@ from pydantic import (
 
 from runner.config import describe_validation_error
 from runner.errors import UserError, shown
+from runner.params import row_json, shared_json
 from runner.spec_limits import DEFAULT_LIMITS, MAX_INT, MAX_SPEC_BYTES, SpecLimits
 from runner.spec_loader import Format, load_data, parse_text
 from runner.spec_size import check_sizes
-from workers.types import RATIO_SIZES
+from workers.kinds import PoolName, Ratio
 
-Ratio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"]
 MAX_SEED = 2**31 - 1
 
 
@@ -67,7 +67,7 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     name: SpecText = Field(min_length=1, max_length=200)
-    pool: Literal["standard", "lumina"] | None = None
+    pool: PoolName | None = None
     provider: SpecText = Field(default="sim", min_length=1, max_length=200)
     priority: int = Field(default=1, ge=-1000, le=1000)
     prompts: list[SpecText] = Field(min_length=1)
@@ -132,20 +132,14 @@ class Expansion:
         precompiled to positional format strings and params JSON shares a constant tail.
         """
         spec = self.spec
-        shared = {
-            "ratio": spec.ratio,
-            "size": "{}x{}".format(*RATIO_SIZES[spec.ratio]),
-            "batch_size": spec.batch_size,
-            "polish": spec.polish,
-        }
-        tail = ", " + json.dumps(shared)[1:]
+        tail = shared_json(spec.ratio, spec.batch_size, spec.polish)
         ordinal = 0
         for template, names in zip(spec.prompts, self.placeholders, strict=True):
             positional = _positional(template, names)
             columns = [[str(value) for value in spec.variables[name]] for name in names]
             for values in itertools.product(*columns):
                 seed = (self.seed + ordinal) % (MAX_SEED + 1)
-                yield ordinal, positional.format(*values), f'{{"seed": {seed}{tail}'
+                yield ordinal, positional.format(*values), row_json(seed, tail)
                 ordinal += 1
 
     def subtasks(self) -> Iterator[ExpandedSubtask]:

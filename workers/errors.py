@@ -14,6 +14,9 @@ class ProviderError(Exception):
     """Base of every error a provider or worker raises; the message never holds a secret."""
 
     retryable: bool = True
+    # The attempt's provider job is over (failed, or canceled when we gave up on it): the
+    # next attempt must submit a new one instead of resuming it. Only polling jobs set it.
+    job_gone: bool = False
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         if len(message) > MAX_MESSAGE:
@@ -38,6 +41,8 @@ class TransientError(ProviderError):
 
 class JobFailed(TransientError):
     """The provider ran the async job and it failed; another attempt must submit a new job."""
+
+    job_gone = True
 
 
 class ProviderTimeout(TransientError):

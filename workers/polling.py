@@ -25,18 +25,14 @@ from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
 
-POLLING_INTERVAL = 5.0  # seconds
-MAX_POLL_ATTEMPTS = 60
-JOB_TIMEOUT = 300.0  # seconds for a whole attempt: submit, every poll, every download
-
 
 @dataclass(frozen=True)
 class PollSettings:
     """How often to poll one job, and how long one attempt at it may take in all."""
 
-    polling_interval: float = POLLING_INTERVAL
-    max_attempts: int = MAX_POLL_ATTEMPTS
-    timeout: float = JOB_TIMEOUT
+    polling_interval: float  # seconds between polls
+    max_attempts: int  # polls at most
+    timeout: float  # seconds for a whole attempt: submit, every poll, every download
 
 
 async def run_polling(
@@ -76,9 +72,10 @@ async def run_polling(
                 f"job {job.id or '(not submitted)'}: attempt not done in {settings.timeout:g}s"
                 " (submit, polls and downloads)"
             )
-    except ProviderTimeout:
+    except ProviderTimeout as exc:
         if job.id is not None:
             await _cancel(provider, job.id)
+            exc.job_gone = True  # canceled at the provider: never resume it
         raise
     provider_ms = (clock() - started) * 1000
     stored = await store.save(request.task_id, request.subtask_id, images)

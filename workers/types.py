@@ -5,16 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Pixel sizes for each ratio at scale 1; providers may scale them (the sim shrinks them).
-RATIO_SIZES: dict[str, tuple[int, int]] = {
-    "1:1": (1024, 1024),
-    "4:3": (1152, 864),
-    "3:4": (864, 1152),
-    "16:9": (1344, 768),
-    "9:16": (768, 1344),
-    "3:2": (1216, 816),
-    "2:3": (816, 1216),
-}
+from workers.kinds import RATIO_SIZES
 
 
 @dataclass(frozen=True)
@@ -38,7 +29,7 @@ class ImageRequest:
     @property
     def size(self) -> tuple[int, int]:
         """Width and height for the ratio."""
-        return RATIO_SIZES[self.ratio]
+        return RATIO_SIZES[self.ratio]  # type: ignore[index]  # ratios come validated
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,8 @@ async def test_run_refuses_a_provider_typo_before_claiming(
         status,
         stdout,
         stderr,
-        "config providers.sim.colour: unknown option; known: body, response_format, send_seed,"
-        " sizes",
+        "config providers.sim.colour: unknown option; known: body, max_response_bytes,"
+        " response_format, send_seed, sizes",
     )
     assert await subtask_rows(engine) == [("pending", 0, None)] * 5
     async with engine.connect() as connection:

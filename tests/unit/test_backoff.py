@@ -12,12 +12,12 @@ from runner.backoff import (
     DEFAULT_RETRY_POLICY,
     MIN_DEFERRAL,
     RetryDecision,
-    RetryPolicy,
+    SubtaskRetryPolicy,
     decide_failure,
     retry_delay,
 )
 
-EXACT = RetryPolicy(defer_jitter=0.0)  # no randomness: exact seed arithmetic
+EXACT = SubtaskRetryPolicy(defer_jitter=0.0)  # no randomness: exact seed arithmetic
 
 
 @pytest.mark.parametrize(
@@ -70,9 +70,9 @@ def test_retry_delay_rejects_bad_arguments(kw: dict[str, Any]) -> None:
         (True, 0, RetryDecision("retry", 1.0, True, "retry 1/3 in 1s")),
         (True, 1, RetryDecision("retry", 2.0, True, "retry 2/3 in 2s")),
         (True, 2, RetryDecision("retry", 4.0, True, "retry 3/3 in 4s")),
-        (True, 3, RetryDecision("fail", 0.0, False, "retries exhausted (3/3)")),
-        (True, 9, RetryDecision("fail", 0.0, False, "retries exhausted (9/3)")),
-        (False, 0, RetryDecision("fail", 0.0, False, "non-retryable error")),
+        (True, 3, RetryDecision("failed", 0.0, False, "retries exhausted (3/3)")),
+        (True, 9, RetryDecision("failed", 0.0, False, "retries exhausted (9/3)")),
+        (False, 0, RetryDecision("failed", 0.0, False, "non-retryable error")),
     ],
 )
 def test_decide_failure_spends_the_retry_budget(
@@ -86,7 +86,7 @@ def test_decide_failure_spends_the_retry_budget(
 @pytest.mark.parametrize(("max_retries", "retries"), [(0, 0), (1, 1), (3, 3), (5, 5)])
 def test_max_retries_is_respected(max_retries: int, retries: int) -> None:
     """A subtask failing every time gets exactly max_retries retries."""
-    policy = RetryPolicy(max_retries=max_retries)
+    policy = SubtaskRetryPolicy(max_retries=max_retries)
     count, delays = 0, []
     while (d := decide_failure(retryable=True, retry_count=count, policy=policy)).action == "retry":
         delays.append(d.delay)
@@ -130,18 +130,18 @@ def test_rate_limited_never_spends_the_retry_budget() -> None:
         )
         decisions.append(d.action)
         assert not d.counts_retry
-        if d.action == "fail":
+        if d.action == "failed":
             break
-    assert decisions == ["defer"] * 50 + ["fail"]
+    assert decisions == ["defer"] * 50 + ["failed"]
     assert d.reason == "rate-limited 50 times (cap 50)"
 
 
 @pytest.mark.parametrize(
-    ("cap", "count", "action"), [(0, 0, "fail"), (1, 0, "defer"), (1, 1, "fail")]
+    ("cap", "count", "action"), [(0, 0, "failed"), (1, 0, "defer"), (1, 1, "failed")]
 )
 def test_rate_limit_cap_is_configurable(cap: int, count: int, action: str) -> None:
     """The deferral cap is separate from max_retries."""
-    policy = RetryPolicy(rate_limit_cap=cap, max_retries=0)
+    policy = SubtaskRetryPolicy(rate_limit_cap=cap, max_retries=0)
     got = decide_failure(
         retryable=True, retry_count=0, rate_limited=True, rate_limit_count=count, policy=policy
     )
@@ -174,7 +174,7 @@ def test_retry_after_zero_storm_is_bounded() -> None:
     ]
     assert min(waits) >= MIN_DEFERRAL == 1.0
     assert max(waits) <= MIN_DEFERRAL * (1 + DEFAULT_RETRY_POLICY.defer_jitter)
-    custom = RetryPolicy(min_deferral=0.25, defer_jitter=0.0)
+    custom = SubtaskRetryPolicy(min_deferral=0.25, defer_jitter=0.0)
     got = decide_failure(
         retryable=True, retry_count=0, rate_limited=True, retry_after=0.0, policy=custom
     )
@@ -194,4 +194,4 @@ def test_retry_after_zero_storm_is_bounded() -> None:
 def test_retry_policy_rejects_nonsense(kw: dict[str, float]) -> None:
     """Invalid budgets fail at construction."""
     with pytest.raises(ValueError):
-        RetryPolicy(**kw)  # type: ignore[arg-type]
+        SubtaskRetryPolicy(**kw)  # type: ignore[arg-type]

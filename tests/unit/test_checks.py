@@ -54,13 +54,13 @@ def test_defaults_and_a_full_valid_config_pass(tmp_path: Path) -> None:
     [
         (
             {"type": "sim", "colour": "red"},
-            "config providers.bad.colour: unknown option; known: body, response_format,"
-            " send_seed, sizes",
+            "config providers.bad.colour: unknown option; known: body, max_response_bytes,"
+            " response_format, send_seed, sizes",
         ),
         (
             {"type": "openai", "respons_format": "url", "sise": 1},
             "config providers.bad.respons_format: unknown options respons_format, sise; known:"
-            " body, response_format, send_seed, sizes",
+            " body, max_response_bytes, response_format, send_seed, sizes",
         ),
         (
             {"type": "openai", "response_format": "png"},

@@ -116,4 +116,7 @@ def test_secrets_stay_names(tmp_path: Path) -> None:
     )
     config = load_config(env)
     assert "s3cr3t-value" not in config.model_dump_json()
+    # Secrets come from the process environment, and only those the config names.
+    env = env.with_api_keys(config, {"HOOK": "s3cr3t-value", "OTHER": "x"})
     assert env.secret(config.alerts.webhooks[0].secret_env) == "s3cr3t-value"
+    assert env.secret("OTHER") is None

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runner.config import Config
 from runner.control import (
     ControllerConfig,
     ControllerState,
@@ -24,7 +25,9 @@ from runner.control import (
     on_pressure,
     sane_retry_after,
 )
-from runner.scaling import STANDARD_DEFAULTS, PoolSignals, QueueDepthPolicy
+from runner.scaling import PoolSignals, QueueDepthPolicy
+
+STANDARD_DEFAULTS = Config().pool("standard").scaling()
 
 WINDOW = 5.0
 DEEP = 100_000

@@ -16,16 +16,33 @@ FORBIDDEN = {
 }
 
 
-def imported_packages(path: Path) -> set[str]:
-    """Top-level packages a module imports (at any depth in the file)."""
+# The shared vocabulary (pool kinds, provider types, ratios): a leaf every layer may read.
+SHARED = {"workers.kinds"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Modules a file imports (at any depth in the file)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level packages a module imports, the shared vocabulary aside."""
+    return {name.split(".")[0] for name in imported_modules(path) - SHARED}
+
+
+def test_shared_vocabulary_is_a_leaf() -> None:
+    """The vocabulary imports nothing of the project, so importing it crosses no layer."""
+    for module in SHARED:
+        path = ROOT / (module.replace(".", "/") + ".py")
+        project = {"runner", "db", "workers", "migrations"}
+        assert {name.split(".")[0] for name in imported_modules(path)} & project == set()
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))

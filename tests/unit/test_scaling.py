@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runner.config import Config
 from runner.scaling import (
-    LUMINA_DEFAULTS,
-    STANDARD_DEFAULTS,
     AdaptivePolicy,
     Decision,
     PoolSignals,
@@ -19,6 +18,10 @@ from runner.scaling import (
     ScalingPolicy,
     make_policy,
 )
+
+# The policies' configs come from the built-in [pools.*] sections: the one source of defaults.
+STANDARD_DEFAULTS = Config().pool("standard").scaling()
+LUMINA_DEFAULTS = Config().pool("lumina").scaling()
 
 DEEP = PoolSignals(pending=100_000)
 EMPTY = PoolSignals(pending=0)

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from workers.providers import RetryPolicy, make_session
+from workers.providers import RequestRetryPolicy, make_session
 from workers.sim import RunningSim, SimConfig, running
 from workers.storage import ImageStore
 
@@ -29,9 +29,9 @@ class RecordingSleep:
 
 
 @pytest.fixture
-def fast_retry() -> RetryPolicy:
+def fast_retry() -> RequestRetryPolicy:
     """Three tries with millisecond waits, so retry tests take no time."""
-    return RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.002, jitter=0.0)
+    return RequestRetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.002, jitter=0.0)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import aiohttp
 from workers.providers import (
     ProviderConfig,
     QueueProvider,
-    RetryPolicy,
+    RequestRetryPolicy,
     StandardProvider,
     build_provider,
 )
@@ -33,7 +33,7 @@ def request(subtask_id: int = 1, **overrides: Any) -> ImageRequest:
 def standard(
     sim: RunningSim,
     session: aiohttp.ClientSession,
-    retry: RetryPolicy,
+    retry: RequestRetryPolicy,
     *,
     timeout: float = 5.0,
     api_key: str | None = None,
@@ -46,7 +46,7 @@ def standard(
 def queue(
     sim: RunningSim,
     session: aiohttp.ClientSession,
-    retry: RetryPolicy,
+    retry: RequestRetryPolicy,
     *,
     timeout: float = 5.0,
 ) -> QueueProvider:

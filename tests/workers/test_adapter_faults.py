@@ -10,14 +10,14 @@ import pytest
 from tests.workers.conftest import RecordingSleep, SimFactory, sim_stats
 from tests.workers.helpers import queue, request, standard
 from workers.errors import PermanentError, ProviderTimeout, RateLimited, TransientError
-from workers.providers import RetryPolicy
+from workers.providers import RequestRetryPolicy
 from workers.sim import RunningSim
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_500s_are_retried_then_raised_as_transient(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """error_rate=1: every try gets a 500; the attempt ends TransientError after 3 tries."""
     sim = await sim_factory(error_rate=1.0)
@@ -30,7 +30,7 @@ async def test_500s_are_retried_then_raised_as_transient(
 
 
 async def test_429_honours_retry_after_then_escalates(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """Two 429s are waited out for exactly Retry-After; the third goes to the runner."""
     sim = await sim_factory(rate_limit_rate=1.0, retry_after_s=2)
@@ -44,7 +44,7 @@ async def test_429_honours_retry_after_then_escalates(
 
 
 async def test_long_retry_after_goes_straight_to_the_runner(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """A Retry-After above max_retry_after is not slept on inside the attempt."""
     sim = await sim_factory(rate_limit_rate=1.0, retry_after_s=60)
@@ -57,7 +57,7 @@ async def test_long_retry_after_goes_straight_to_the_runner(
 
 
 async def test_hang_becomes_provider_timeout(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """hang_rate=1: the request timeout fires; the sim frees the handler when we leave."""
     sim = await sim_factory(hang_rate=1.0)
@@ -68,7 +68,7 @@ async def test_hang_becomes_provider_timeout(
 
 
 async def test_malformed_bodies_are_transient(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """malformed_rate=1: truncated JSON, missing data, bad base64, wrong count all retry."""
     sim = await sim_factory(malformed_rate=1.0)
@@ -81,7 +81,7 @@ async def test_malformed_bodies_are_transient(
 
 
 async def test_content_policy_is_permanent_and_not_retried(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """A 400 content_policy_violation is not retried."""
     with pytest.raises(PermanentError, match="content_policy_violation") as caught:
@@ -91,7 +91,7 @@ async def test_content_policy_is_permanent_and_not_retried(
 
 
 async def test_connection_refused_is_transient(
-    session: aiohttp.ClientSession, fast_retry: RetryPolicy, sim_factory: SimFactory
+    session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy, sim_factory: SimFactory
 ) -> None:
     """Nothing listening: a TransientError after the policy's tries."""
     sim = await sim_factory()
@@ -101,7 +101,7 @@ async def test_connection_refused_is_transient(
 
 
 async def test_a_sometimes_failing_sim_still_delivers(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """With 30% 500s the retries inside one attempt usually succeed; seeded, so always here."""
     sim = await sim_factory(error_rate=0.3, seed=3)

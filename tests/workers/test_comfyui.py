@@ -13,7 +13,7 @@ from tests.workers.conftest import ServeApp
 from tests.workers.helpers import request
 from workers.errors import PermanentError, ProviderTimeout
 from workers.polling import PollSettings, run_polling
-from workers.providers import ProviderConfig, QueueProvider, RetryPolicy, build_provider
+from workers.providers import ProviderConfig, QueueProvider, RequestRetryPolicy, build_provider
 from workers.sim.render import render_png
 from workers.storage import ImageStore
 
@@ -109,7 +109,7 @@ class FakeComfy:
 
 
 async def comfy(
-    fake: FakeComfy, serve_app: ServeApp, session: aiohttp.ClientSession, retry: RetryPolicy
+    fake: FakeComfy, serve_app: ServeApp, session: aiohttp.ClientSession, retry: RequestRetryPolicy
 ) -> QueueProvider:
     """A ComfyUI adapter pointed at the fake."""
     config = ProviderConfig(
@@ -123,7 +123,10 @@ async def _ignore(_: str) -> None:
 
 
 async def test_full_job_fetches_saved_outputs_only(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    serve_app: ServeApp,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """Workflow filled from the request; two output images fetched via /view; temp skipped."""
     fake = FakeComfy()
@@ -150,7 +153,10 @@ async def test_full_job_fetches_saved_outputs_only(
 
 
 async def test_execution_error_is_permanent_with_the_node_message(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    serve_app: ServeApp,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """status_str=error → failed job → PermanentError naming the node's exception."""
     provider = await comfy(FakeComfy(pending_polls=0, fail=True), serve_app, session, fast_retry)
@@ -161,7 +167,7 @@ async def test_execution_error_is_permanent_with_the_node_message(
 
 
 async def test_validation_error_is_permanent(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """A 400 from /prompt (failed validation) is not retried."""
     fake = FakeComfy()
@@ -171,7 +177,7 @@ async def test_validation_error_is_permanent(
 
 
 async def test_cancel_deletes_from_the_queue(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """cancel() posts {"delete": [prompt_id]} to /queue; not running, so no interrupt."""
     fake = FakeComfy()
@@ -182,7 +188,7 @@ async def test_cancel_deletes_from_the_queue(
 
 
 async def test_cancel_interrupts_our_prompt_only_when_it_runs(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """Running: a targeted POST /interrupt {"prompt_id"}; someone else's run is never hit."""
     fake = FakeComfy()
@@ -194,7 +200,10 @@ async def test_cancel_interrupts_our_prompt_only_when_it_runs(
 
 
 async def test_timed_out_job_is_cancelled_and_interrupted(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    serve_app: ServeApp,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """Giving up on a running prompt (max_attempts) deletes and interrupts it."""
     fake = FakeComfy(pending_polls=1_000)
@@ -209,7 +218,7 @@ async def test_timed_out_job_is_cancelled_and_interrupted(
 
 
 async def test_custom_workflow_placeholders_keep_types(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """extra.workflow: "$name" strings are replaced by typed values; others are untouched."""
     fake = FakeComfy()

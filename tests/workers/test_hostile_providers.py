@@ -23,7 +23,12 @@ from tests.workers.conftest import RecordingSleep, ServeApp, SimFactory, sim_sta
 from tests.workers.helpers import queue, request, standard
 from workers.errors import JobFailed, PermanentError, ProviderTimeout, RateLimited, TransientError
 from workers.polling import PollSettings, run_polling
-from workers.providers import ProviderConfig, ProviderConfigError, RetryPolicy, build_provider
+from workers.providers import (
+    ProviderConfig,
+    ProviderConfigError,
+    RequestRetryPolicy,
+    build_provider,
+)
 from workers.providers.http import ResponseTooLarge
 from workers.providers.limits import MAX_PROVIDER_TEXT
 from workers.sim.render import render_png
@@ -66,7 +71,7 @@ def app_with(routes: dict[tuple[str, str], Callable[[web.Request], Awaitable[Any
 def provider_for(
     url: str,
     session: aiohttp.ClientSession,
-    retry: RetryPolicy,
+    retry: RequestRetryPolicy,
     *,
     kind: str = "openai",
     timeout: float = 5.0,
@@ -87,7 +92,7 @@ def openai_body(images: list[bytes]) -> dict[str, Any]:
 
 
 async def test_declared_body_over_the_limit_is_refused(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """Content-Length above max_response_bytes: refused before reading (not retried)."""
 
@@ -101,7 +106,7 @@ async def test_declared_body_over_the_limit_is_refused(
 
 
 async def test_endless_chunked_body_stops_at_the_limit(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """No Content-Length, a body that never ends: we stop reading just past the limit."""
     sent = 0
@@ -123,7 +128,7 @@ async def test_endless_chunked_body_stops_at_the_limit(
 
 
 async def test_gzip_bomb_is_counted_after_decompression(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """100 MB of zeros in ~100 KB of gzip: the limit applies to what it inflates to."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
@@ -140,7 +145,7 @@ async def test_gzip_bomb_is_counted_after_decompression(
 
 
 async def test_endless_error_body_is_read_in_part_and_clipped(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """A 500 whose text never ends: 64 KB are read, MAX_PROVIDER_TEXT characters kept."""
     sent = 0
@@ -163,7 +168,7 @@ async def test_endless_error_body_is_read_in_part_and_clipped(
 
 
 async def test_deeply_nested_json_is_a_malformed_response(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """ "[[[[…" 100,000 deep made json.loads raise RecursionError (an unexpected crash)."""
 
@@ -178,16 +183,20 @@ async def test_deeply_nested_json_is_a_malformed_response(
 
 def test_max_response_bytes_option_is_validated() -> None:
     """A nonsense limit is a config error naming the option."""
-    config = ProviderConfig(name="p", type="openai", extra={"max_response_bytes": "lots"})
-    with pytest.raises(ProviderConfigError, match="max_response_bytes must be a positive"):
-        build_provider(config, None, api_key=None)  # type: ignore[arg-type]
+    for value, why in (("lots", "expected an integer"), (0, "must be a positive integer")):
+        config = ProviderConfig(name="p", type="openai", extra={"max_response_bytes": value})
+        with pytest.raises(ProviderConfigError, match=f"max_response_bytes.*{why}"):
+            build_provider(config, None, api_key=None)  # type: ignore[arg-type]
 
 
 # --- images: verified, counted ---------------------------------------------------------
 
 
 async def test_truncated_png_is_never_stored_as_completed(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, tmp_path: Path
+    serve_app: ServeApp,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    tmp_path: Path,
 ) -> None:
     """The report's case: half a PNG came back and was stored. Now: an error, no file."""
     cut = PNG[: len(PNG) // 2]
@@ -203,7 +212,10 @@ async def test_truncated_png_is_never_stored_as_completed(
 
 
 async def test_wrong_image_count_standard(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, tmp_path: Path
+    serve_app: ServeApp,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    tmp_path: Path,
 ) -> None:
     """Three images for a batch of two is a malformed answer (retried), nothing stored."""
 
@@ -264,7 +276,7 @@ async def test_wrong_image_count_polling_fails_the_job_before_downloading(
     batch: int,
     serve_app: ServeApp,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
     release: anyio.Event,
 ) -> None:
@@ -292,7 +304,7 @@ async def test_wrong_image_count_polling_fails_the_job_before_downloading(
 async def test_standard_attempt_has_one_deadline(
     serve_app: ServeApp,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
     release: anyio.Event,
 ) -> None:
@@ -315,7 +327,7 @@ async def test_standard_attempt_has_one_deadline(
 async def test_polling_attempt_deadline_covers_downloads_and_cancels_the_job(
     serve_app: ServeApp,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
     release: anyio.Event,
 ) -> None:
@@ -335,7 +347,7 @@ async def test_polling_attempt_deadline_covers_downloads_and_cancels_the_job(
 async def test_job_past_max_polls_is_cancelled_at_the_provider(
     sim_factory: SimFactory,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
 ) -> None:
     """Giving up after max_attempts: the sim's job is DELETEd, so a retry never runs beside it."""
@@ -358,7 +370,10 @@ async def test_job_past_max_polls_is_cancelled_at_the_provider(
 
 
 async def test_provider_strings_are_clipped(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    serve_app: ServeApp,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """A 1 MB job error, a 10 KB job id, a 1 MB status: messages stay short."""
     answers: dict[str, Any] = {}
@@ -412,14 +427,14 @@ async def test_retry_after_zero_is_not_taken_literally(
     """A 429 with Retry-After: 0 waits at least the policy's first wait before trying again."""
     sim = await sim_factory(rate_limit_rate=1.0, retry_after_s=0)
     sleep = RecordingSleep()
-    policy = RetryPolicy(attempts=10, wait_initial=0.5, jitter=0.0, sleep=sleep)
+    policy = RequestRetryPolicy(attempts=10, wait_initial=0.5, jitter=0.0, sleep=sleep)
     with pytest.raises(RateLimited):
         await standard(sim, session, policy).generate(request())
     assert sleep.delays == [0.5, 0.5]
 
 
 async def test_image_url_of_absurd_length_is_malformed(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """An OpenAI-style `url` item of 100 KB is not fetched (nor echoed whole)."""
     gets = 0

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.workers.conftest import RecordingSleep, ServeApp
 from tests.workers.helpers import request
 from workers.errors import PermanentError, RateLimited, TransientError
-from workers.providers import ProviderConfig, RetryPolicy, build_provider, parse_retry_after
+from workers.providers import ProviderConfig, RequestRetryPolicy, build_provider, parse_retry_after
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +63,7 @@ def scripted(
     return app
 
 
-async def generate(url: str, session: aiohttp.ClientSession, policy: RetryPolicy) -> None:
+async def generate(url: str, session: aiohttp.ClientSession, policy: RequestRetryPolicy) -> None:
     """One generate call through the openai adapter."""
     config = ProviderConfig(name="p", type="openai", base_url=url, timeout=5)
     await build_provider(config, session, api_key="k", retry=policy).generate(request())
@@ -85,7 +85,7 @@ async def generate(url: str, session: aiohttp.ClientSession, policy: RetryPolicy
 async def test_status_classes(
     serve_app: ServeApp,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     status: int,
     headers: dict[str, str] | None,
     error: type[Exception],
@@ -100,7 +100,7 @@ async def test_status_classes(
 
 
 async def test_503_http_date_retry_after_is_waited(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """A 503 whose Retry-After is an HTTP-date about 5 s ahead is slept on for about 5 s."""
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
@@ -118,7 +118,7 @@ async def test_429_without_retry_after_uses_exponential_backoff(
     """No Retry-After: the exponential wait (here 0.1 then 0.2 s, no jitter)."""
     url = await serve_app(scripted(429))
     sleep = RecordingSleep()
-    policy = RetryPolicy(attempts=5, wait_initial=0.1, wait_max=1, jitter=0, sleep=sleep)
+    policy = RequestRetryPolicy(attempts=5, wait_initial=0.1, wait_max=1, jitter=0, sleep=sleep)
     with pytest.raises(RateLimited):
         await generate(url, session, policy)
     assert sleep.delays == [0.1, 0.2]
@@ -130,7 +130,9 @@ async def test_total_time_bound_stops_retries(
     """A retry whose wait would pass total_seconds is not attempted."""
     url = await serve_app(scripted(500))
     sleep = RecordingSleep()
-    policy = RetryPolicy(attempts=10, total_seconds=0.5, wait_initial=1, jitter=0, sleep=sleep)
+    policy = RequestRetryPolicy(
+        attempts=10, total_seconds=0.5, wait_initial=1, jitter=0, sleep=sleep
+    )
     with pytest.raises(TransientError):
         await generate(url, session, policy)
     assert sleep.delays == []

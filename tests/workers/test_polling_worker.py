@@ -14,7 +14,13 @@ from tests.workers.conftest import RecordingSleep, ServeApp, SimFactory, sim_sta
 from tests.workers.helpers import queue, request
 from workers.errors import Canceled, PermanentError, ProviderTimeout, TransientError
 from workers.polling import PollSettings, run_polling
-from workers.providers import JobStatus, ProviderConfig, QueueProvider, RetryPolicy, build_provider
+from workers.providers import (
+    JobStatus,
+    ProviderConfig,
+    QueueProvider,
+    RequestRetryPolicy,
+    build_provider,
+)
 from workers.sim import RunningSim
 from workers.sim.render import render_png
 from workers.storage import ImageStore
@@ -52,7 +58,7 @@ class Recorder:
 async def test_submit_persist_poll_fetch_store(
     sim_factory: SimFactory,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
 ) -> None:
     """on_submitted runs before the first poll; images land on disk; one submission."""
@@ -81,7 +87,10 @@ async def test_submit_persist_poll_fetch_store(
 
 
 async def test_resume_with_external_id_does_not_submit_again(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    sim: RunningSim,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """A restarted runner passes the stored external id; the sim sees one submission only."""
     provider = queue(sim, session, fast_retry)
@@ -103,7 +112,7 @@ async def test_resume_with_external_id_does_not_submit_again(
 
 
 async def test_retried_submit_reuses_the_job(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """A repeated Idempotency-Key returns the same job instead of a second one."""
     provider = queue(sim, session, fast_retry)
@@ -115,7 +124,7 @@ async def test_retried_submit_reuses_the_job(
 async def test_failed_jobs_map_to_transient_or_permanent(
     sim_factory: SimFactory,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
 ) -> None:
     """A lost worker is worth retrying; a content-policy failure is not."""
@@ -161,7 +170,7 @@ class FakeClock:
 async def test_slow_job_times_out_by_attempts_or_total_time(
     sim_factory: SimFactory,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
     settings: PollSettings,
     polls: int,
@@ -192,7 +201,7 @@ async def test_slow_job_times_out_by_attempts_or_total_time(
 async def test_should_stop_cancels_the_provider_job(
     sim_factory: SimFactory,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
 ) -> None:
     """should_stop between polls: the job is DELETEd and Canceled raised."""
@@ -223,7 +232,10 @@ async def test_should_stop_cancels_the_provider_job(
 
 
 async def test_transient_poll_errors_do_not_lose_the_job(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    serve_app: ServeApp,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """Polls that fail with 500 count as attempts; the next good poll carries on."""
     answers = iter([500, 500, 200])
@@ -249,7 +261,10 @@ async def test_transient_poll_errors_do_not_lose_the_job(
 
 
 async def test_unknown_job_is_permanent(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    sim: RunningSim,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """A 404 on poll (the provider forgot the job) ends the attempt."""
     provider = queue(sim, session, fast_retry)
@@ -271,7 +286,7 @@ async def _ignore(_: str) -> None:
 async def test_worker_cancelled_by_the_runner_leaves_the_job_alone(
     sim_factory: SimFactory,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     store: ImageStore,
 ) -> None:
     """Runner shutdown (task cancellation) must not cancel the provider job: it resumes later."""

@@ -13,7 +13,7 @@ from aiohttp import web
 from tests.workers.conftest import ServeApp
 from tests.workers.helpers import request
 from workers.errors import ProviderError
-from workers.providers import ProviderConfig, ProviderType, RetryPolicy, build_provider
+from workers.providers import ProviderConfig, ProviderType, RequestRetryPolicy, build_provider
 from workers.sim.render import render_png
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +40,7 @@ def echo_app(status: int) -> web.Application:
 async def test_echoed_key_is_redacted_everywhere(
     serve_app: ServeApp,
     session: aiohttp.ClientSession,
-    fast_retry: RetryPolicy,
+    fast_retry: RequestRetryPolicy,
     caplog: pytest.LogCaptureFixture,
     status: int,
     pool: str,
@@ -72,7 +72,7 @@ async def test_echoed_key_is_redacted_everywhere(
 
 
 async def test_key_is_not_sent_to_other_origins(
-    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    serve_app: ServeApp, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """An image URL on another host is fetched without the Authorization header."""
     seen: list[str | None] = []
@@ -99,7 +99,7 @@ async def test_key_is_not_sent_to_other_origins(
 
 
 async def test_connection_error_text_has_no_key(
-    session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """A refused connection's message names the host, not the key."""
     config = ProviderConfig(name="p", type="openai", base_url="http://127.0.0.1:9")

@@ -14,7 +14,7 @@ import pytest
 from tests.workers.conftest import SimFactory, sim_stats
 from tests.workers.helpers import queue, request, standard
 from workers.errors import PermanentError
-from workers.providers import QueueProvider, RetryPolicy
+from workers.providers import QueueProvider, RequestRetryPolicy
 from workers.sim import RunningSim, SimConfig, serve
 from workers.sim.capacity import CapacityModel, QueueFull
 
@@ -82,7 +82,7 @@ async def _in_flight_is(session: aiohttp.ClientSession, sim: RunningSim, n: int)
 
 
 async def test_latency_grows_with_queueing(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """One slot, 40 ms per image: four concurrent requests take about four service times."""
     sim = await sim_factory(capacity=1, service_ms=40, service_sigma=0.01)
@@ -96,7 +96,7 @@ async def test_latency_grows_with_queueing(
 
 
 async def test_stats_count_keys_and_reset(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """by_key counts each Idempotency-Key; reset zeroes the counters."""
     provider = standard(sim, session, fast_retry)
@@ -113,7 +113,7 @@ async def test_stats_count_keys_and_reset(
 
 
 async def test_same_prompt_and_seed_give_the_same_png(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """Deterministic across requests and across sim instances; seed and polish change it."""
     first, second = await sim_factory(), await sim_factory(seed=99)
@@ -171,7 +171,7 @@ def test_config_rejects_impossible_values(overrides: dict[str, Any], message: st
 
 
 async def test_finished_jobs_are_forgotten_beyond_the_cap(
-    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim_factory: SimFactory, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """max_jobs_kept bounds memory: the oldest finished job 404s, the newest still polls."""
     sim = await sim_factory(max_jobs_kept=3)

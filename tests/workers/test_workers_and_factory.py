@@ -14,7 +14,7 @@ from workers.providers import (
     ProviderConfig,
     ProviderConfigError,
     QueueProvider,
-    RetryPolicy,
+    RequestRetryPolicy,
     StandardProvider,
     build_provider,
 )
@@ -30,7 +30,10 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_run_standard_stores_the_batch(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy, store: ImageStore
+    sim: RunningSim,
+    session: aiohttp.ClientSession,
+    fast_retry: RequestRetryPolicy,
+    store: ImageStore,
 ) -> None:
     """Sim → PNGs → files; the result is JSON-ready and names no secret."""
     result = await run_standard(
@@ -61,7 +64,7 @@ async def test_null_provider_needs_no_http(store: ImageStore) -> None:
             loud,
             store,
             request(batch_size=2),
-            settings=PollSettings(polling_interval=0),
+            settings=PollSettings(polling_interval=0, max_attempts=60, timeout=300),
             external_id=None,
             on_submitted=ignore,
         )
@@ -107,7 +110,7 @@ async def test_unknown_extra_option_is_a_config_error(session: aiohttp.ClientSes
 
 
 async def test_openai_base_url_with_or_without_v1(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """https://host and https://host/v1 both reach /v1/images/generations; url format works."""
     for base in (sim.url, f"{sim.url}/v1", f"{sim.url}/v1/"):
@@ -121,7 +124,7 @@ async def test_openai_base_url_with_or_without_v1(
 
 
 async def test_sim_options_serve_both_pools(
-    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RetryPolicy
+    sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
     """One [providers.sim] section with an openai-only option still builds the lumina adapter."""
     config = ProviderConfig(

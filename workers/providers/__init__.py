@@ -1,11 +1,13 @@
 """Provider adapters behind two small interfaces, and the shared HTTP session."""
 
 from workers.headers import parse_retry_after
+from workers.kinds import PoolName as Pool
+from workers.kinds import ProviderType
 from workers.providers.base import JobState, JobStatus, QueueProvider, StandardProvider
-from workers.providers.config import Pool, ProviderConfig, ProviderConfigError, ProviderType
+from workers.providers.config import ProviderConfig, ProviderConfigError
 from workers.providers.factory import build_provider
 from workers.providers.http import make_session
-from workers.providers.retry import RetryPolicy
+from workers.providers.retry import RequestRetryPolicy
 
 __all__ = [
     "JobState",
@@ -15,7 +17,7 @@ __all__ = [
     "ProviderConfigError",
     "ProviderType",
     "QueueProvider",
-    "RetryPolicy",
+    "RequestRetryPolicy",
     "StandardProvider",
     "build_provider",
     "make_session",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-ProviderType = Literal["sim", "openai", "lumina", "comfyui", "null"]
-Pool = Literal["standard", "lumina"]
+from workers.kinds import ProviderType
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8800"
 DEFAULT_TIMEOUT = 120.0  # seconds per HTTP request

@@ -7,23 +7,14 @@ from typing import Any, Literal, overload
 import aiohttp
 from yarl import URL
 
+from workers.kinds import PROVIDER_POOLS
+from workers.kinds import PoolName as Pool
 from workers.providers import comfyui, lumina, null, openai_images
 from workers.providers.base import QueueProvider, StandardProvider
-from workers.providers.config import Pool, ProviderConfig, ProviderConfigError
+from workers.providers.config import ProviderConfig, ProviderConfigError
 from workers.providers.http import HttpClient
 from workers.providers.limits import COMMON_OPTIONS, max_response_bytes
-from workers.providers.retry import RetryPolicy
-
-# Which pools each provider type can serve. "sim" serves both: the standard pool speaks
-# the OpenAI-compatible API to it, the lumina pool its queue protocol.
-POOLS: dict[str, frozenset[Pool]] = {
-    "sim": frozenset({"standard", "lumina"}),
-    "openai": frozenset({"standard"}),
-    "lumina": frozenset({"lumina"}),
-    "comfyui": frozenset({"lumina"}),
-    "null": frozenset({"standard", "lumina"}),
-}
-
+from workers.providers.retry import RequestRetryPolicy
 
 # The options each type's adapters take. The sim feeds both pools from one
 # [providers.sim] section, so it accepts both adapters' options, and it takes seed and
@@ -41,7 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {"response_format": ("b64_json", "url")}
 
 def adapter_options(config: ProviderConfig, pool: Pool) -> dict[str, Any]:
     """The validated options of the adapter serving `pool`; ProviderConfigError if none can."""
-    if pool not in POOLS.get(config.type, frozenset()):
+    if pool not in PROVIDER_POOLS.get(config.type, frozenset()):
         raise ProviderConfigError(
             repr(config.name), f"{config.type!r} cannot serve the {pool} pool", key="type"
         )
@@ -58,7 +49,7 @@ def adapter_options(config: ProviderConfig, pool: Pool) -> dict[str, Any]:
 
 def check_config(config: ProviderConfig) -> None:
     """Raise ProviderConfigError for anything build_provider would refuse, building nothing."""
-    for pool in sorted(POOLS.get(config.type, frozenset())):
+    for pool in sorted(PROVIDER_POOLS.get(config.type, frozenset())):
         adapter_options(config, pool)
     if config.type == "null":
         return
@@ -79,7 +70,7 @@ def build_provider(
     *,
     api_key: str | None,
     pool: Literal["standard"] = ...,
-    retry: RetryPolicy | None = ...,
+    retry: RequestRetryPolicy | None = ...,
 ) -> StandardProvider: ...
 
 
@@ -90,7 +81,7 @@ def build_provider(
     *,
     api_key: str | None,
     pool: Literal["lumina"],
-    retry: RetryPolicy | None = ...,
+    retry: RequestRetryPolicy | None = ...,
 ) -> QueueProvider: ...
 
 
@@ -100,7 +91,7 @@ def build_provider(
     *,
     api_key: str | None,
     pool: Pool = "standard",
-    retry: RetryPolicy | None = None,
+    retry: RequestRetryPolicy | None = None,
 ) -> StandardProvider | QueueProvider:
     """The adapter that serves `pool` for `config`; raises ProviderConfigError if none can."""
     options = adapter_options(config, pool)
@@ -112,7 +103,7 @@ def build_provider(
         base_url=config.base_url,
         api_key=api_key,
         timeout=config.timeout,
-        retry=retry or RetryPolicy(),
+        retry=retry or RequestRetryPolicy(),
         max_response_bytes=max_response_bytes(options),
     )
     if pool == "standard":  # sim or openai: both speak the OpenAI-compatible API

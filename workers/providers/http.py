@@ -26,7 +26,7 @@ from workers.providers.limits import (
     MAX_RESPONSE_BYTES,
     clip,
 )
-from workers.providers.retry import RetryPolicy, with_retries
+from workers.providers.retry import RequestRetryPolicy, with_retries
 from workers.providers.secrets import Redactor
 
 T = TypeVar("T")
@@ -126,7 +126,7 @@ class HttpClient:
         base_url: str,
         api_key: str | None,
         timeout: float,
-        retry: RetryPolicy,
+        retry: RequestRetryPolicy,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.name = name

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RequestRetryPolicy:
     """How hard one attempt tries before it hands an error to the runner."""
 
     attempts: int = 4  # tries of one I/O step (submit, poll, generate, fetch)
@@ -59,7 +59,7 @@ class WaitRetryAfter(wait_base):
         return self._fallback(retry_state)
 
 
-def _retryable(policy: RetryPolicy) -> Callable[[BaseException], bool]:
+def _retryable(policy: RequestRetryPolicy) -> Callable[[BaseException], bool]:
     rate_limited = 0
 
     def decide(exc: BaseException) -> bool:
@@ -73,7 +73,7 @@ def _retryable(policy: RetryPolicy) -> Callable[[BaseException], bool]:
     return decide
 
 
-def _log_retry(what: str, policy: RetryPolicy) -> Callable[[RetryCallState], None]:
+def _log_retry(what: str, policy: RequestRetryPolicy) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None and policy.on_retry is not None:
@@ -91,7 +91,9 @@ def _log_retry(what: str, policy: RetryPolicy) -> Callable[[RetryCallState], Non
     return before_sleep
 
 
-async def with_retries(policy: RetryPolicy, what: str, step: Callable[[], Awaitable[T]]) -> T:
+async def with_retries(
+    policy: RequestRetryPolicy, what: str, step: Callable[[], Awaitable[T]]
+) -> T:
     """Run `step`, retrying TransientError and a few RateLimited; re-raise the last error."""
     retrying = AsyncRetrying(
         retry=retry_if_exception(_retryable(policy)),

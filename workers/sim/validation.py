@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from workers.types import RATIO_SIZES
+from workers.kinds import RATIO_SIZES
 
 _FORBIDDEN = re.compile(r"\bforbidden\b", re.IGNORECASE)
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")

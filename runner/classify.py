@@ -1,0 +1,87 @@
+"""What a failed attempt means: its outcome, its error record, its pressure signal. Pure.
+
+One rule for every failure, the reaper's lease expiries included: the executor and the
+reaper both call `classify` and only carry out what it decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from db.queries import OutcomeKind
+from runner.backoff import SubtaskRetryPolicy, decide_failure
+from runner.fingerprint import error_type, fingerprint, redact
+from runner.scaling import PressureKind
+from workers.errors import ProviderError, ProviderTimeout, RateLimited
+
+
+class LeaseExpired(ProviderError):
+    """The runner holding the subtask stopped answering (a crash costs one attempt)."""
+
+    def __init__(self) -> None:
+        super().__init__("lease expired: its runner stopped answering")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The counters of the attempt that failed, as its row has them."""
+
+    retry_count: int
+    deferrals: int
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything the runner records and signals for one failed attempt."""
+
+    kind: OutcomeKind  # retry | defer | failed
+    delay: float  # seconds until it may run again (retry, defer)
+    error: str  # "<type>: <redacted message>", stored on the subtask
+    error_type: str
+    fingerprint: str  # the redacted message with ids and numbers masked (error_logs key)
+    reset_job: bool  # the provider's job is over: the next attempt submits a new one
+    pressure: PressureKind | None  # backpressure for the scaling policy, if any
+    retry_after: float | None  # the provider's Retry-After, seconds
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """A failure of the provider (backpressure is not one)."""
+        return self.kind != "defer"
+
+
+def classify(
+    exc: BaseException, attempt: Attempt, policy: SubtaskRetryPolicy, secrets: tuple[str, ...]
+) -> Verdict:
+    """Decide retry, defer or failed for `exc`, with the redacted error and the pressure."""
+    message = redact(str(exc) or type(exc).__name__, secrets)
+    rate_limited = isinstance(exc, RateLimited)
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+    decision = decide_failure(
+        retryable=bool(getattr(exc, "retryable", True)),
+        retry_count=attempt.retry_count,
+        rate_limited=rate_limited,
+        retry_after=retry_after,
+        rate_limit_count=attempt.deferrals,
+        policy=policy,
+    )
+    kind = error_type(exc)
+    return Verdict(
+        kind=decision.action,
+        delay=decision.delay,
+        error=f"{kind}: {message}",
+        error_type=kind,
+        fingerprint=fingerprint(message),
+        reset_job=isinstance(exc, ProviderError) and exc.job_gone,
+        pressure=pressure_of(exc),
+        retry_after=retry_after,
+    )
+
+
+def pressure_of(exc: BaseException) -> PressureKind | None:
+    """The scaling signal an error carries: 429, 503 or a timeout; None for the rest."""
+    if isinstance(exc, RateLimited):
+        return "rate_limited" if exc.status in (None, 429) else "unavailable"
+    if isinstance(exc, ProviderTimeout):
+        return "timeout"
+    return None
