@@ -4,43 +4,39 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.models import Subtask, Task
 
+# Re-exported: the records were defined here first and callers import them from here.
+from db.records import (
+    ClaimedSubtask,
+    ErrorRecord,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    SubtaskRow,
+    TaskIsCanceled,
+)
+
+__all__ = [
+    "ClaimedSubtask",
+    "ErrorRecord",
+    "NewTask",
+    "Outcome",
+    "OutcomeKind",
+    "SubtaskRow",
+    "TaskIsCanceled",
+]
+
 # Channel that wakes runners: payload is the pool name.
 WAKE_CHANNEL = "imgrun_wake"
 
 SUBTASK_COPY_COLUMNS = ("task_id", "ordinal", "pool", "priority", "prompt", "params")
-
-
-@dataclass(frozen=True)
-class NewTask:
-    """A task row to insert, with counts already computed."""
-
-    name: str
-    user_id: str
-    pool: str
-    provider: str
-    priority: int
-    prompts: list[str]
-    variables: dict[str, list[Any]]
-    ratio: str
-    seed: int
-    batch_size: int
-    polish: bool
-    max_retries: int
-    total_subtasks: int
-    total_images: int
-
-
-# (ordinal, rendered prompt, params as a JSON string): tuples, because 100k of them are copied.
-SubtaskRow = tuple[int, str, str]
 
 
 async def submit_task(
@@ -156,24 +152,6 @@ def jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClaimedSubtask:
-    """A subtask this runner now holds a lease on."""
-
-    id: int
-    task_id: int
-    ordinal: int
-    pool: str
-    prompt: str
-    params: dict[str, Any]
-    attempts: int
-    retry_count: int
-    deferrals: int
-    external_id: str | None
-    provider: str
-    max_retries: int
-
-
 CLAIM = text(
     """
     WITH picked AS (
@@ -212,44 +190,19 @@ async def claim(
         return [ClaimedSubtask(**row) for row in rows.mappings()]
 
 
-OutcomeKind = Literal["completed", "failed", "canceled", "retry", "defer", "release"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt ended.
-
-    kind: completed | failed | canceled (final); retry (spends the retry budget),
-    defer (backpressure: does not), release (shutdown: the attempt is not counted).
-    """
-
-    subtask_id: int
-    attempt: int
-    kind: OutcomeKind
-    executor_id: str
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    delay: float = 0.0
-    reset_job: bool = False  # the async job is dead: the next attempt submits a new one
-
-
-APPLY_OUTCOMES = text(
-    """
-    WITH input AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:kinds AS text[]),
-            CAST(:executors AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
-            CAST(:delays AS float8[]), CAST(:resets AS bool[])
-        ) AS i(id, attempt, kind, executor_id, result, error, delay, reset_job)
-    ), locked AS (
+# The outcome chain after its input: lock by primary key, fence, move rows, roll up tasks.
+# `{ids}` names the reported ids; `{still_due}` is an extra fence condition (the reaper's
+# re-check that the lease is still expired).
+_OUTCOME_CHAIN = """
+    locked AS (
         -- Lock the reported rows by primary key, in id order: concurrent writers never
         -- deadlock. No status predicate here on purpose: with one, the planner may read the
         -- partial lease index (statistics taken when nothing was processing say it is
         -- empty) as the outer side of a nested loop that rescans the input once per held
         -- row -- quadratic, and the cause of the backlog stall.
-        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts
+        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts, s.lease_expires_at
         FROM subtasks s
-        WHERE s.id = ANY(CAST(:ids AS bigint[]))
+        WHERE s.id = ANY({ids})
         ORDER BY s.id
         FOR UPDATE
     ), fenced AS (
@@ -263,7 +216,7 @@ APPLY_OUTCOMES = text(
         JOIN input i ON i.id = l.id
         JOIN tasks t ON t.id = l.task_id
         WHERE l.status = 'processing' AND l.executor_id = i.executor_id
-          AND l.attempts = i.attempt
+          AND l.attempts = i.attempt {still_due}
     ), updated AS (
         UPDATE subtasks s
         SET status = CASE WHEN f.effective IN ('completed', 'failed', 'canceled')
@@ -281,7 +234,7 @@ APPLY_OUTCOMES = text(
                                 THEN now() END,
             updated_at = now()
         FROM fenced f WHERE s.id = f.id
-        RETURNING s.task_id, s.pool, s.status
+        RETURNING s.id, s.task_id, s.pool, s.status
     ), per_task AS (
         SELECT task_id,
                count(*) FILTER (WHERE status = 'completed') AS completed,
@@ -310,6 +263,19 @@ APPLY_OUTCOMES = text(
         FROM per_task p
         WHERE t.id = p.task_id AND t.id IN (SELECT id FROM locked_tasks)
     )
+"""
+
+APPLY_OUTCOMES = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:kinds AS text[]),
+            CAST(:executors AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
+            CAST(:delays AS float8[]), CAST(:resets AS bool[])
+        ) AS i(id, attempt, kind, executor_id, result, error, delay, reset_job)
+    ),"""
+    + _OUTCOME_CHAIN.format(ids="CAST(:ids AS bigint[])", still_due="")
+    + """
     SELECT pool, count(*) FILTER (WHERE status = 'pending') AS requeued, count(*) AS applied
     FROM updated GROUP BY pool
     """
@@ -365,35 +331,58 @@ async def set_external_id(
         return bool(result.rowcount)
 
 
-EXPIRED = text(
+LEASE_EXPIRED = "lease expired: its runner stopped answering"
+
+# One statement, so nothing can renew a lease between the reaper's look and its move: the
+# candidates are locked (SKIP LOCKED: a heartbeat renewing a row right now keeps it), and the
+# fence re-checks expiry on the newest row version before anything moves.
+REAP_EXPIRED = text(
     """
-    SELECT s.id, s.attempts, s.executor_id, s.retry_count, t.max_retries
-    FROM subtasks s JOIN tasks t ON t.id = s.task_id
-    WHERE s.status = 'processing' AND s.lease_expires_at < now()
-    ORDER BY s.lease_expires_at
-    LIMIT :n
-    FOR UPDATE OF s SKIP LOCKED
+    WITH input AS (
+        SELECT s.id, s.attempts AS attempt,
+               CASE WHEN s.retry_count < t.max_retries THEN 'retry' ELSE 'failed' END AS kind,
+               s.executor_id, CAST(NULL AS text) AS result, CAST(:error AS text) AS error,
+               CAST(0 AS float8) AS delay, false AS reset_job
+        FROM subtasks s JOIN tasks t ON t.id = s.task_id
+        WHERE s.status = 'processing' AND s.lease_expires_at < now()
+        ORDER BY s.lease_expires_at
+        LIMIT :n
+        FOR UPDATE OF s SKIP LOCKED
+    ),"""
+    + _OUTCOME_CHAIN.format(
+        ids="ARRAY(SELECT id FROM input)", still_due="AND l.lease_expires_at < now()"
+    )
+    + """
+    SELECT u.id, u.pool, u.status, i.attempt, i.kind, i.executor_id
+    FROM updated u JOIN input i ON i.id = u.id
+    ORDER BY u.id
     """
 )
 
 
 async def reap_expired(engine: AsyncEngine, *, limit: int = 1000) -> list[Outcome]:
-    """Return expired leases to pending (counting the attempt), or fail them at max_retries."""
+    """Return expired leases to pending (counting the attempt), or fail them at max_retries.
+
+    Returns the outcomes that moved a row: a lease renewed meanwhile is left alone.
+    """
     async with engine.begin() as connection:
-        rows = (await connection.execute(EXPIRED, {"n": limit})).mappings().all()
-    outcomes = [
+        rows = (
+            (await connection.execute(REAP_EXPIRED, {"n": limit, "error": LEASE_EXPIRED}))
+            .mappings()
+            .all()
+        )
+        for pool in sorted({row["pool"] for row in rows if row["status"] == "pending"}):
+            await _wake(connection, pool)
+    return [
         Outcome(
             subtask_id=row["id"],
-            attempt=row["attempts"],
+            attempt=row["attempt"],
+            kind=row["kind"],
             executor_id=row["executor_id"],
-            kind="retry" if row["retry_count"] < row["max_retries"] else "failed",
-            error="lease expired: its runner stopped answering",
+            error=LEASE_EXPIRED,
         )
         for row in rows
     ]
-    # Fenced by (executor, attempt): if the holder finishes meanwhile, its outcome wins.
-    await apply_outcomes(engine, outcomes)
-    return outcomes
 
 
 async def work_remains(engine: AsyncEngine, pools: Sequence[str]) -> bool:
@@ -531,18 +520,6 @@ RECORD_ERRORS = text(
 )
 
 
-@dataclass(frozen=True)
-class ErrorRecord:
-    """One failure to aggregate (already redacted and fingerprinted)."""
-
-    error_type: str
-    fingerprint: str
-    stack_trace: str | None
-    pool: str
-    provider: str
-    subtask_id: int
-
-
 async def record_errors(
     engine: AsyncEngine, records: Sequence[ErrorRecord]
 ) -> list[tuple[str, str]]:
@@ -625,7 +602,10 @@ async def cancel_task(engine: AsyncEngine, task_id: int) -> dict[str, Any] | Non
 
 
 async def retry_task(engine: AsyncEngine, task_id: int) -> dict[str, Any] | None:
-    """Put a task's failed subtasks back to pending with a fresh retry budget."""
+    """Put a task's failed subtasks back to pending with a fresh retry budget.
+
+    Raises TaskIsCanceled for a canceled task: a retry never silently un-cancels one.
+    """
     async with engine.begin() as connection:
         row = (
             await connection.execute(
@@ -634,6 +614,8 @@ async def retry_task(engine: AsyncEngine, task_id: int) -> dict[str, Any] | None
         ).first()
         if row is None:
             return None
+        if row.status == "canceled":
+            raise TaskIsCanceled(task_id)
         requeued = (
             await connection.execute(
                 text(

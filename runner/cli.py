@@ -286,7 +286,10 @@ def cancel(app: App, task_id: int, as_json: bool) -> None:
 @pass_app
 def retry(app: App, task_id: int, as_json: bool) -> None:
     """Put a task's failed subtasks back to pending."""
-    result = app.with_engine(lambda e: queries.retry_task(e, task_id))
+    try:
+        result = app.with_engine(lambda e: queries.retry_task(e, task_id))
+    except queries.TaskIsCanceled as exc:
+        raise UserError(f"{exc}; a canceled task cannot be retried, submit it again") from None
     if result is None:
         raise UserError(f"task {task_id}: no such task")
     if as_json:

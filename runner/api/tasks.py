@@ -129,7 +129,10 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def retry_task(request: web.Request) -> web.Response:
     """Requeue a task's failed subtasks, like `imgrun retry ID --json`."""
     task_id = path_id(request.match_info["id"])
-    result = await queries.retry_task(request.app[ENGINE], task_id)
+    try:
+        result = await queries.retry_task(request.app[ENGINE], task_id)
+    except queries.TaskIsCanceled as exc:
+        raise ApiError(409, f"{exc}; a canceled task cannot be retried") from None
     if result is None:
         raise ApiError(404, f"task {task_id}: not found")
     return json_response(result)

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.records import ErrorRecord, Outcome
+from db.store import PgStore
 from tests.cli.test_submit import imgrun
 
 pytestmark = pytest.mark.anyio
@@ -23,17 +24,33 @@ def env(cli_env: dict[str, str], database_url: str) -> dict[str, str]:
 async def test_cancel_retry_and_errors(
     env: dict[str, str], engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    """Cancel marks every pending subtask; retry requeues failed ones; errors lists aggregates."""
+    """Retry requeues failed subtasks; cancel marks every pending one; errors lists aggregates."""
     spec = tmp_path / "s.yaml"
     spec.write_text("name: c\nprompts: ['a {x}']\nvariables: {x: [1, 2, 3, 4, 5]}\n")
     status, stdout, _ = await imgrun(env, "submit", str(spec), "--json")
     task_id = json.loads(stdout)["task_id"]
 
+    # Two attempts fail for good, the way a runner records them.
+    store = PgStore(engine)
+    held = await store.claim("standard", 2, "r1", 60.0)
+    await store.apply_outcomes(
+        [Outcome(row.id, row.attempts, "failed", "r1", error="boom") for row in held]
+    )
+    await store.record_errors(
+        [ErrorRecord("TransientError", "boom", None, "standard", "sim", row.id) for row in held]
+    )
+    status, stdout, _ = await imgrun(env, "retry", str(task_id))
+    assert status == 0 and "2 failed subtasks back to pending" in stdout
+    status, stdout, _ = await imgrun(env, "errors", "--json")
+    assert [(e["error_type"], e["count"]) for e in json.loads(stdout)] == [("TransientError", 2)]
+    status, stdout, _ = await imgrun(env, "errors")
+    assert status == 0 and "TransientError" in stdout and "boom" in stdout
+
     status, stdout, _ = await imgrun(env, "cancel", str(task_id), "--json")
     assert status == 0
     assert json.loads(stdout) == {
         "task_id": task_id,
-        "previous_status": "pending",
+        "previous_status": "running",
         "canceled": 5,
         "in_flight": 0,
     }
@@ -41,32 +58,31 @@ async def test_cancel_retry_and_errors(
     detail = json.loads(stdout)
     assert detail["status"] == "canceled" and detail["counts"] == {"canceled": 5}
 
-    async with engine.begin() as connection:  # as if two attempts had failed for good
-        await connection.execute(
-            text(
-                "UPDATE subtasks SET status = 'failed', error = 'boom'"
-                " WHERE task_id = :id AND ordinal < 2"
-            ),
-            {"id": task_id},
-        )
-        await connection.execute(
-            text(
-                "UPDATE tasks SET failed_subtasks = 2, canceled_subtasks = 3, status = 'partial'"
-                " WHERE id = :id"
-            ),
-            {"id": task_id},
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO error_logs (error_type, error_message, count)"
-                " VALUES ('TransientError', 'boom', 2)"
-            )
-        )
-    status, stdout, _ = await imgrun(env, "retry", str(task_id))
-    assert status == 0 and "2 failed subtasks back to pending" in stdout
-    status, stdout, _ = await imgrun(env, "errors", "--json")
-    assert [(e["error_type"], e["count"]) for e in json.loads(stdout)] == [("TransientError", 2)]
-    status, stdout, _ = await imgrun(env, "errors")
-    assert status == 0 and "TransientError" in stdout and "boom" in stdout
     status, _, stderr = await imgrun(env, "cancel", "999999")
     assert status == 2 and "task 999999: no such task" in stderr
+
+
+async def test_retry_of_a_canceled_task_is_refused(
+    env: dict[str, str], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """`imgrun retry` of a canceled task exits 2 with one line and leaves it canceled."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: c\nprompts: ['a {x}']\nvariables: {x: [1, 2, 3]}\n")
+    status, stdout, _ = await imgrun(env, "submit", str(spec), "--json")
+    task_id = json.loads(stdout)["task_id"]
+    store = PgStore(engine)
+    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    await store.apply_outcomes([Outcome(row.id, row.attempts, "failed", "r1", error="boom")])
+    status, _, _ = await imgrun(env, "cancel", str(task_id))
+    assert status == 0
+
+    status, stdout, stderr = await imgrun(env, "retry", str(task_id))
+    assert status == 2 and stdout == ""
+    assert stderr.strip().splitlines() == [
+        f"imgrun: error: task {task_id} is canceled;"
+        " a canceled task cannot be retried, submit it again"
+    ]
+    task = await store.get_task(task_id)
+    assert task is not None
+    assert task["status"] == "canceled"
+    assert task["counts"] == {"failed": 1, "canceled": 2}

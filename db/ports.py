@@ -1,0 +1,123 @@
+"""The store seam: what each part of imgrun may ask of the database, as small Protocols.
+
+Grouped by who uses them: the runner loop needs `RunnerStore`; the CLI and the HTTP API
+need `TaskStore`. `db.store.PgStore` implements both on PostgreSQL. Nothing here imports a
+database library, so code typed against these ports can be tested with a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from db.records import ClaimedSubtask, ErrorRecord, NewTask, Outcome, SubtaskRow
+
+
+class SubtaskLeases(Protocol):
+    """Claiming subtasks and moving them on: every transition is fenced by lease holder."""
+
+    async def claim(
+        self, pool: str, n: int, executor_id: str, lease: float
+    ) -> list[ClaimedSubtask]:
+        """Lease up to `n` due subtasks of `pool`, highest priority first, then oldest."""
+        ...
+
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> int:
+        """Record attempts' outcomes (stale holders' ones are dropped); returns how many applied."""
+        ...
+
+    async def set_external_id(
+        self, subtask_id: int, attempt: int, executor_id: str, external_id: str
+    ) -> bool:
+        """Persist an async job's id while still holding the lease; False if it was lost."""
+        ...
+
+    async def reap_expired(self, *, limit: int = 1000) -> list[Outcome]:
+        """Move subtasks whose lease is (still) expired on; returns what it applied."""
+        ...
+
+
+class ExecutorRegistry(Protocol):
+    """A runner's own row: registration, heartbeats (which renew its leases), clean stop."""
+
+    async def register_executor(
+        self, executor_id: str, group: str, host: str, pid: int, version: str
+    ) -> None:
+        """Insert or revive this runner's row."""
+        ...
+
+    async def heartbeat(
+        self, executor_id: str, pools: dict[str, Any], lease: float, held: Sequence[int]
+    ) -> int:
+        """Record a heartbeat and renew the leases of the rows `held`; returns how many."""
+        ...
+
+    async def mark_executor_stopped(self, executor_id: str, pools: dict[str, Any]) -> None:
+        """Record a clean stop."""
+        ...
+
+
+class QueueSignals(Protocol):
+    """What the runner reads to scale, stop, and wake."""
+
+    async def pending_counts(self, pools: Sequence[str]) -> dict[str, int]:
+        """Claimable-now subtasks per pool."""
+        ...
+
+    async def work_remains(self, pools: Sequence[str]) -> bool:
+        """True while any subtask of `pools` is pending (now or later) or processing."""
+        ...
+
+    async def canceled_among(self, task_ids: Sequence[int]) -> set[int]:
+        """Which of these tasks have been canceled."""
+        ...
+
+    async def listen(self, on_wake: Callable[[str], None]) -> None:
+        """Call `on_wake(pool)` whenever work is submitted or requeued; runs until canceled."""
+        ...
+
+
+class ErrorSink(Protocol):
+    """Aggregated failures."""
+
+    async def record_errors(self, records: Sequence[ErrorRecord]) -> list[tuple[str, str]]:
+        """Aggregate failures; returns the (type, fingerprint) pairs seen for the first time."""
+        ...
+
+
+class RunnerStore(SubtaskLeases, ExecutorRegistry, QueueSignals, ErrorSink, Protocol):
+    """Everything the runner loop needs from the database, and nothing else."""
+
+
+class TaskStore(Protocol):
+    """Tasks as users see them: submit, read, cancel, retry, errors."""
+
+    async def submit_task(self, task: NewTask, subtasks: Iterable[SubtaskRow]) -> int:
+        """Insert a task and its subtasks in one transaction; returns its id."""
+        ...
+
+    async def list_tasks(
+        self, *, limit: int = 50, active_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """Newest tasks first, with their counters."""
+        ...
+
+    async def get_task(self, task_id: int) -> dict[str, Any] | None:
+        """One task with counts by status and first failures; None if unknown."""
+        ...
+
+    async def cancel_task(self, task_id: int) -> dict[str, Any] | None:
+        """Cancel pending subtasks now, in-flight ones when their attempt ends."""
+        ...
+
+    async def retry_task(self, task_id: int) -> dict[str, Any] | None:
+        """Requeue failed subtasks; raises TaskIsCanceled for a canceled task."""
+        ...
+
+    async def top_errors(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Aggregated errors, most frequent first."""
+        ...
+
+    async def demo_report(self, task_ids: Sequence[int]) -> dict[str, Any]:
+        """Tasks, image paths, retry/deferral totals and errors of the given tasks."""
+        ...

@@ -1,0 +1,78 @@
+"""Store fixtures: a PgStore on this test's fresh database, and row readers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db.records import ClaimedSubtask, Outcome
+from db.store import PgStore
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> PgStore:
+    """The PostgreSQL store under test."""
+    return PgStore(engine)
+
+
+async def subtask(engine: AsyncEngine, subtask_id: int) -> dict[str, Any]:
+    """One subtask row, plus how far its run_after and lease lie ahead of now (seconds)."""
+    async with engine.connect() as connection:
+        row = (
+            (
+                await connection.execute(
+                    text(
+                        "SELECT *, extract(epoch FROM run_after - now()) AS due_in,"
+                        " extract(epoch FROM lease_expires_at - now()) AS lease_left"
+                        " FROM subtasks WHERE id = :id"
+                    ),
+                    {"id": subtask_id},
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return dict(row)
+
+
+async def task(engine: AsyncEngine, task_id: int) -> dict[str, Any]:
+    """One task row."""
+    async with engine.connect() as connection:
+        row = (
+            (await connection.execute(text("SELECT * FROM tasks WHERE id = :id"), {"id": task_id}))
+            .mappings()
+            .one()
+        )
+        return dict(row)
+
+
+async def counters(engine: AsyncEngine, task_id: int) -> tuple[str, int, int, int]:
+    """A task's (status, completed, failed, canceled)."""
+    row = await task(engine, task_id)
+    return (
+        row["status"],
+        row["completed_subtasks"],
+        row["failed_subtasks"],
+        row["canceled_subtasks"],
+    )
+
+
+async def expire(engine: AsyncEngine, ids: Sequence[int]) -> None:
+    """Put these rows' leases in the past, as if their runner had stopped answering."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE subtasks SET lease_expires_at = now() - interval '1 second'"
+                " WHERE id = ANY(CAST(:ids AS bigint[]))"
+            ),
+            {"ids": list(ids)},
+        )
+
+
+def outcome(row: ClaimedSubtask, kind: str, executor: str = "r1", **fields: Any) -> Outcome:
+    """The outcome of `row`'s current attempt, reported by `executor`."""
+    return Outcome(row.id, row.attempts, kind, executor, **fields)
