@@ -21,8 +21,9 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.status import StatusSnapshot, load_status
-from runner import status as status_module
+from runner import status_view as status_module
+from runner.status_model import StatusSnapshot
+from runner.status_read import load_status
 from tests.conftest import IMGRUN
 from tests.status.conftest import Seeded
 
