@@ -370,7 +370,7 @@ def sim(capacity_schedule: str | None, **options: Any) -> None:
 @pass_app
 def status(app: App, live: bool, as_json: bool, refresh: float) -> None:
     """Pools, throughput, ETA, task progress, top errors and runners (from the database)."""
-    from runner.status import show_status
+    from runner.status_view import show_status
 
     if live and as_json:
         raise UserError("status: --live and --json cannot be combined")
@@ -394,7 +394,7 @@ def demo(app: App, log_level: str, service_ms: float | None) -> None:
     """Run the simulated API, the example tasks and a runner, with the live view, to completion."""
     from runner.demo import run_demo
     from runner.logs import setup_logging
-    from runner.status import watch
+    from runner.status_view import watch
 
     setup_logging(log_level, "rich" if out.is_terminal else "json", console=out)
 

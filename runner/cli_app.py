@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import queries
 from db.engine import database_url, open_engine
 from runner.config import Config, Environment
+from runner.jsonable import jsonable
 
 T = TypeVar("T")
 
@@ -46,4 +46,4 @@ pass_app = click.make_pass_decorator(App)
 
 def print_json(data: Any) -> None:
     """Machine output: one JSON document on stdout."""
-    click.echo(json.dumps(queries.jsonable(data), indent=2, sort_keys=True))
+    click.echo(json.dumps(jsonable(data), indent=2, sort_keys=True))

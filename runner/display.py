@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from db.status import (
+from runner.status_model import (
     ErrorSummary,
     ExecutorStatus,
     PoolStatus,
@@ -248,10 +248,7 @@ def _errors(errors: Sequence[ErrorSummary], now: datetime) -> Panel:
 
 
 def _executor_pools(executor: ExecutorStatus) -> str:
-    parts = []
-    for name, snap in sorted(executor.pools.items()):
-        if isinstance(snap, dict):
-            parts.append(f"{name} {snap.get('running', 0)}/{snap.get('limit', 0)}")
+    parts = [f"{name} {snap.running}/{snap.limit}" for name, snap in sorted(executor.pools.items())]
     return "  ".join(parts) or "-"
 
 

@@ -25,8 +25,9 @@ _HEX_RUN = re.compile(r"\b[0-9a-f]{8,}\b", re.I)
 _WORD_RUN = re.compile(r"\b[\w\-]{6,}")
 _HAS_DIGIT = re.compile(r"\d")
 _HAS_LETTER = re.compile(r"[a-z]", re.I)
-# HTTP status codes carry meaning (500 vs 503), so keep a 3-digit code after these words.
-_STATUS = re.compile(r"\b(HTTP|status|code)([\s:=/]{1,3})([1-5]\d\d)\b", re.I)
+# HTTP status codes carry meaning (500 vs 503), so keep a 3-digit code after these words
+# and after the "->" of a request line ("GET /v1/images -> 429").
+_STATUS = re.compile(r"(\bHTTP|\bstatus|\bcode|->)([\s:=/]{1,3})([1-5]\d\d)\b", re.I)
 _NUMBER = re.compile(r"\d+(?:\.\d+)*")
 _SPACE = re.compile(r"\s+")
 _FENCE = "\x00"  # brackets text that _mask_numbers must leave alone

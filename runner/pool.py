@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from db.snapshots import LimitChange, PoolSnapshot
 from runner.config import PoolConfig
 from runner.scaling import Decision, PoolSignals, ScalingPolicy, make_policy
 
@@ -71,7 +72,7 @@ class Pool:
         self.wakeup = Wakeup()
         self.pending = 0
         self.window = Window()
-        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.history: deque[LimitChange] = deque(maxlen=HISTORY)
 
     @property
     def running(self) -> int:
@@ -89,20 +90,25 @@ class Pool:
             self.wakeup.notify()
         if decision.reason is None:
             return False
+        previous = int(self.limiter.total_tokens)
         self.limiter.total_tokens = decision.limit
-        self.history.append({"at": wall_time, "limit": decision.limit, "reason": decision.reason})
+        self.history.append(LimitChange(wall_time, previous, decision.limit, decision.reason))
         self.wakeup.notify()
         return True
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-ready state for the executor heartbeat and the status view."""
+    def state(self, now: float) -> PoolSnapshot:
+        """The typed state for the executor heartbeat and the status view."""
         paused = self.policy.paused_until
-        return {
-            "limit": int(self.limiter.total_tokens),
-            "max": self.config.max,
-            "running": self.running,
-            "pending": self.pending,
-            "policy": self.policy.name,
-            "paused_for": round(paused - now, 1) if paused and paused > now else 0,
-            "history": list(self.history),
-        }
+        return PoolSnapshot(
+            limit=int(self.limiter.total_tokens),
+            max=self.config.max,
+            running=self.running,
+            pending=self.pending,
+            policy=self.policy.name,
+            paused_for=round(paused - now, 1) if paused and paused > now else 0.0,
+            history=tuple(self.history),
+        )
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """`state(now)` encoded for the heartbeat's jsonb (the executor stores this)."""
+        return self.state(now).to_json()

@@ -6,11 +6,11 @@ import anyio
 from aiohttp import web
 
 from db import api_queries, queries
-from db.status import load_status
 from runner.api.context import ENGINE
 from runner.api.openapi import document
 from runner.api.params import int_param
 from runner.api.tasks import json_response
+from runner.status_read import load_status
 
 routes = web.RouteTableDef()
 

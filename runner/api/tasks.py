@@ -13,6 +13,7 @@ from runner.api.context import CONFIG, ENGINE, TOKEN_NAME
 from runner.api.errors import ApiError, split_field
 from runner.api.params import MAX_ID, choice_param, int_param, path_id
 from runner.errors import UserError
+from runner.jsonable import jsonable
 from runner.spec import decode_spec
 from runner.submit import check_key, prepare, submit, submit_once
 
@@ -30,7 +31,7 @@ KEY_HEADER = "Idempotency-Key"
 
 def json_response(data: Any, status: int = 200, **kwargs: Any) -> web.Response:
     """JSON with datetimes as ISO 8601 strings."""
-    return web.json_response(queries.jsonable(data), status=status, **kwargs)
+    return web.json_response(jsonable(data), status=status, **kwargs)
 
 
 def next_link(request: web.Request, after: int) -> dict[str, str]:

@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
 from db.queries import ErrorRecord
-from db.status import load_status
 from runner.api.openapi import document
+from runner.jsonable import jsonable
+from runner.status_read import load_status
 from tests.api.conftest import Api, ApiFactory
 
 pytestmark = pytest.mark.anyio
@@ -209,7 +210,7 @@ async def test_list_pages_newest_first_like_the_cli(api: Api, engine: AsyncEngin
     ids = [(await post_spec(api, {**SPEC, "name": f"t{i}"}))[1]["id"] for i in range(3)]
     async with api.client.get("/v1/tasks") as response:
         everything = await response.json()
-    assert everything == queries.jsonable(await queries.list_tasks(engine))
+    assert everything == jsonable(await queries.list_tasks(engine))
     async with api.client.get("/v1/tasks?limit=2") as response:
         first = await response.json()
         link = response.headers["Link"]
@@ -252,7 +253,7 @@ async def test_show_cancel_retry_match_the_cli(api: Api, engine: AsyncEngine) ->
     """GET a task = `task --json`; cancel and retry answer as `cancel/retry --json` do."""
     task_id = (await post_spec(api, SPEC))[1]["id"]
     async with api.client.get(f"/v1/tasks/{task_id}") as response:
-        assert await response.json() == queries.jsonable(await queries.get_task(engine, task_id))
+        assert await response.json() == jsonable(await queries.get_task(engine, task_id))
     async with api.client.post(f"/v1/tasks/{task_id}/cancel") as response:
         assert await response.json() == {
             "task_id": task_id,
@@ -315,7 +316,7 @@ async def test_errors_and_status_match_the_cli(api: Api, engine: AsyncEngine) ->
     await queries.record_errors(engine, [records[0], records[0], records[1]])
     async with api.client.get("/v1/errors?limit=1") as response:
         body = await response.json()
-    assert body == queries.jsonable(await queries.top_errors(engine, 1))
+    assert body == jsonable(await queries.top_errors(engine, 1))
     assert [(e["error_message"], e["count"]) for e in body] == [("boom a", 2)]
     async with api.client.get("/v1/status") as response:
         status = await response.json()

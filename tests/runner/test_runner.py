@@ -184,8 +184,8 @@ async def test_rate_limits_are_backpressure_not_failures(
     assert {s["retry_count"] for s in subtasks} == {0}
     assert {s["deferrals"] for s in subtasks} == {2}
     history = executor.pools["standard"].history
-    assert history and history[0]["limit"] < 10, list(history)
-    assert "429" in history[0]["reason"] or "rate" in history[0]["reason"]
+    assert history and history[0].to_limit < history[0].from_limit == 10, list(history)
+    assert "429" in history[0].reason or "rate" in history[0].reason
 
 
 async def test_cancel_stops_pending_work(
@@ -265,7 +265,7 @@ async def test_rate_limits_absorbed_inside_an_attempt_still_cut_the_pool(
     subtasks = await rows(engine, "SELECT retry_count, deferrals FROM subtasks")
     assert {(s["retry_count"], s["deferrals"]) for s in subtasks} == {(0, 0)}, "none escaped"
     history = executor.pools["standard"].history
-    assert history and history[0]["limit"] < 10, list(history)
+    assert history and history[0].to_limit < history[0].from_limit == 10, list(history)
 
 
 async def test_api_key_never_reaches_database_or_logs(

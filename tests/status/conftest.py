@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.queries import NewTask, submit_task
+from db.snapshots import LimitChange, PoolSnapshot
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,11 @@ async def add_task(
     return await submit_task(engine, task, rows)
 
 
-def _history(now: datetime, *entries: tuple[float, int, str]) -> list[dict[str, Any]]:
-    return [
-        {"at": now.timestamp() - ago, "limit": limit, "reason": reason}
-        for ago, limit, reason in entries
-    ]
+def _history(now: datetime, *entries: tuple[float, int, int, str]) -> tuple[LimitChange, ...]:
+    return tuple(
+        LimitChange(now.timestamp() - ago, from_limit, to_limit, reason)
+        for ago, from_limit, to_limit, reason in entries
+    )
 
 
 def pool_snapshot(
@@ -59,19 +60,11 @@ def pool_snapshot(
     running: int,
     pending: int,
     policy: str,
-    history: list[dict[str, Any]],
+    history: tuple[LimitChange, ...],
     paused_for: float = 0,
 ) -> dict[str, Any]:
     """One pool as `runner.pool.Pool.snapshot()` writes it into executors.pools."""
-    return {
-        "limit": limit,
-        "max": max_,
-        "running": running,
-        "pending": pending,
-        "policy": policy,
-        "paused_for": paused_for,
-        "history": history,
-    }
+    return PoolSnapshot(limit, max_, running, pending, policy, paused_for, history).to_json()
 
 
 async def seed(engine: AsyncEngine) -> Seeded:
@@ -166,7 +159,7 @@ async def seed(engine: AsyncEngine) -> Seeded:
                 2,
                 8,
                 "adaptive",
-                _history(now, (300, 15, "pending 30 > 2×limit 10, latency ok: 10 → 15")),
+                _history(now, (300, 10, 15, "pending 30 > 2×limit 10, latency ok: 10 → 15")),
             ),
             "lumina": pool_snapshot(
                 4,
@@ -176,19 +169,19 @@ async def seed(engine: AsyncEngine) -> Seeded:
                 "adaptive",
                 _history(
                     now,
-                    (60, 2, "rate_limited: 4 → 2 (×0.5), paused 5s"),
-                    (30, 4, "recovering toward initial 4: 2 → 4"),
+                    (60, 4, 2, "rate_limited: 4 → 2 (×0.5), paused 5s"),
+                    (30, 2, 4, "recovering toward initial 4: 2 → 4"),
                 ),
                 paused_for=3.5,
             ),
         }
         two_pools = {
-            "standard": pool_snapshot(10, 50, 1, 8, "queue-depth", []),
-            "lumina": pool_snapshot(2, 20, 0, 4, "queue-depth", []),
+            "standard": pool_snapshot(10, 50, 1, 8, "queue-depth", ()),
+            "lumina": pool_snapshot(2, 20, 0, 4, "queue-depth", ()),
         }
         stale_pools = {
-            "standard": pool_snapshot(99, 99, 99, 99, "adaptive", []),
-            "lumina": pool_snapshot(99, 99, 99, 99, "adaptive", []),
+            "standard": pool_snapshot(99, 99, 99, 99, "adaptive", ()),
+            "lumina": pool_snapshot(99, 99, 99, 99, "adaptive", ()),
         }
         for executor_id, state, beat, pools in (
             ("runner-live", "running", 2, live_pools),

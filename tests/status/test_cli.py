@@ -21,8 +21,9 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.status import StatusSnapshot, load_status
-from runner import status as status_module
+from runner import status_view as status_module
+from runner.status_model import StatusSnapshot
+from runner.status_read import load_status
 from tests.conftest import IMGRUN
 from tests.status.conftest import Seeded
 
@@ -165,9 +166,13 @@ async def test_live_loop_survives_a_failed_refresh(
             group.cancel_scope.cancel()
     out = ANSI.sub("", file.getvalue())
     assert "refresh failed (retrying): ConnectionResetError: database went away" in out
-    # The last good snapshot stays on screen under the error, and later frames recover.
-    failed_frame = out.index("refresh failed")
-    assert "lumina posters" in out[failed_frame:]
+    # The failed frame keeps the last good snapshot on screen above the error line...
+    error_at = out.index("refresh failed")
+    failed_frame = out[out.rindex("Ctrl-C to quit", 0, error_at) : error_at]
+    assert "lumina posters" in failed_frame
+    # ...and a later frame, drawn after the last error line, is a normal one again.
+    after = out[out.rindex("refresh failed") + len("refresh failed") :]
+    assert "lumina posters" in after and "Ctrl-C to quit" in after
 
 
 async def test_watch_returns_after_a_final_frame_once_told(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
@@ -9,8 +10,9 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.status import StatusSnapshot, TaskProgress, load_status
 from runner.display import bar, duration, render, sparkline
+from runner.status_model import StatusSnapshot, TaskProgress
+from runner.status_read import load_status
 from tests.status.conftest import Seeded
 
 pytestmark = pytest.mark.anyio
@@ -132,7 +134,7 @@ async def test_empty_snapshot_renders(engine: AsyncEngine) -> None:
 def test_render_is_pure() -> None:
     """Rendering reads only the snapshot: the same input gives the same output."""
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    from db.status import Throughput
+    from runner.status_model import Throughput
 
     snapshot = StatusSnapshot(
         at=at,
@@ -147,12 +149,14 @@ def test_render_is_pure() -> None:
     )
     assert text_of(snapshot, 120) == text_of(snapshot, 120)
     assert "2026-01-01 00:00:00" in text_of(snapshot, 120)
-    assert at + timedelta(0) == snapshot.at
+    # The header's time is the snapshot's, not the clock's: move it and the text follows.
+    later = text_of(replace(snapshot, at=at + timedelta(hours=1, minutes=2)), 120)
+    assert "2026-01-01 01:02:00" in later and "2026-01-01 00:00:00" not in later
 
 
 async def test_live_view_fits_a_short_terminal(snapshot: StatusSnapshot) -> None:
     """Trimmed to the height: finished tasks go first, then the lowest-priority active one."""
-    from runner.status import fit
+    from runner.status_view import fit
 
     console = Console(width=140, height=200, file=StringIO())
     full = len(console.render_lines(fit(console, snapshot, 200), console.options, pad=False))

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.status import load_status
+from runner.status_read import load_status
 from tests.status.conftest import Seeded
 
 pytestmark = pytest.mark.anyio
@@ -151,7 +151,7 @@ async def test_empty_database(engine: AsyncEngine) -> None:
 
 async def test_throughput_window_uses_the_partial_index(engine: AsyncEngine) -> None:
     """The window query is a range scan of ix_subtasks_completed_at, never a subtasks scan."""
-    from db.status import QUERIES
+    from db.status_queries import QUERIES
 
     async with engine.connect() as connection:
         await connection.execute(text("SET enable_seqscan = off"))

@@ -8,10 +8,10 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.status import load_status
 from runner.alerts.watchdog import Watchdog
 from runner.config import AlertSettings
 from runner.display import render
+from runner.status_read import load_status
 from tests.status.conftest import Seeded
 
 pytestmark = pytest.mark.anyio

@@ -1,6 +1,6 @@
 """Time one `imgrun status` refresh (`load_status`) against 1,000,000 subtasks.
 
-    .venv/bin/python -m bench.status [--subtasks 1000000] [--runs 30] [--explain]
+    .venv/bin/python -m bench.status_refresh [--subtasks 1000000] [--runs 30] [--explain]
 
 Builds a fresh database on a throwaway embedded server with a realistic mix, entirely
 server-side (INSERT … SELECT generate_series): 20 tasks of equal size — 4 finished long ago
@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.common import embedded_server, fresh_database
 from db.engine import open_engine
-from db.status import QUERIES, RATE_WINDOWS, STOPPED_SHOWN_FOR, load_status
+from db.status_queries import QUERIES, RATE_WINDOWS, STOPPED_SHOWN_FOR
+from runner.status_read import load_status
 
 TASKS = 20
 

@@ -13,8 +13,9 @@ from rich.live import Live
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.status import StatusSnapshot, load_status
 from runner.display import render
+from runner.status_model import StatusSnapshot
+from runner.status_read import load_status
 
 
 async def show_status(

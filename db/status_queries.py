@@ -1,0 +1,170 @@
+"""The status view's reads: named, cheap queries in one consistent snapshot, rows out.
+
+Every query here is sized by what is *active* (active tasks, live executors, the last few
+minutes of completions), never by the whole subtasks table: task counters give progress and
+the queue depth, the partial index ``ix_subtasks_completed_at`` gives the throughput window,
+and the partial lease index gives what is in flight. Turning the rows into rates, ETAs and
+sparklines is pure work and lives on the runner side (runner/projection.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+RATE_WINDOWS = (60.0, 300.0)  # seconds: the 1- and 5-minute throughput windows
+STOPPED_SHOWN_FOR = 600.0  # seconds a cleanly stopped executor stays in the list
+
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StatusRows:
+    """The raw rows of one status read, all from the same transaction, as of `now`."""
+
+    now: datetime
+    queue: tuple[Row, ...]  # per pool: active tasks, remaining subtasks and images
+    processing: tuple[Row, ...]  # per pool × task still active: subtasks in flight
+    window: tuple[Row, ...]  # per task: completions in the short (n_short) and long window
+    active: tuple[Row, ...]  # active tasks, by priority desc then id
+    recent: tuple[Row, ...]  # finished tasks, newest first
+    errors: tuple[Row, ...]  # aggregated error_logs rows, most frequent first
+    executors: tuple[Row, ...]  # running and recently stopped runners (`pools`: raw jsonb)
+
+
+# --- queries -----------------------------------------------------------------------------
+# Named so the benchmark can EXPLAIN each one. All take :now (the snapshot's clock).
+
+QUERIES: dict[str, str] = {
+    # Σ over active tasks by pool: the ix_tasks_status_priority range, no subtask rows.
+    "queue": """
+        SELECT pool, count(*) AS tasks,
+               sum(total_subtasks - completed_subtasks - failed_subtasks - canceled_subtasks)
+                   AS remaining,
+               sum((total_subtasks - completed_subtasks - failed_subtasks - canceled_subtasks)
+                   * batch_size) AS remaining_images
+        FROM tasks WHERE status IN ('pending', 'running')
+        GROUP BY pool
+    """,
+    # In flight, per pool, split by whether the task is still active: a canceled task's
+    # in-flight rows are no longer part of its counters' "remaining". Only the small partial
+    # lease index (status = 'processing') is read.
+    "processing": """
+        SELECT s.pool, t.status IN ('pending', 'running') AS active, count(*) AS n
+        FROM subtasks s JOIN tasks t ON t.id = s.task_id
+        WHERE s.status = 'processing'
+        GROUP BY 1, 2
+    """,
+    # Completions in the 5-minute window, per task: a range scan of the partial index.
+    "window": """
+        SELECT w.task_id, t.pool, t.batch_size, t.started_at, w.n_short, w.n_long
+        FROM (
+            SELECT task_id,
+                   count(*) FILTER (WHERE completed_at > :short_since) AS n_short,
+                   count(*) AS n_long
+            FROM subtasks
+            WHERE status = 'completed' AND completed_at > :long_since AND completed_at <= :now
+            GROUP BY task_id
+        ) w JOIN tasks t ON t.id = w.task_id
+    """,
+    "active_tasks": """
+        SELECT id, name, pool, provider, priority, status, total_subtasks, completed_subtasks,
+               failed_subtasks, canceled_subtasks, batch_size, total_images, created_at,
+               started_at, finished_at
+        FROM tasks WHERE status IN ('pending', 'running')
+        ORDER BY priority DESC, id
+        LIMIT :tasks
+    """,
+    "recent_tasks": """
+        SELECT id, name, pool, provider, priority, status, total_subtasks, completed_subtasks,
+               failed_subtasks, canceled_subtasks, batch_size, total_images, created_at,
+               started_at, finished_at
+        FROM tasks WHERE status NOT IN ('pending', 'running') AND finished_at IS NOT NULL
+        ORDER BY finished_at DESC, id DESC
+        LIMIT :recent
+    """,
+    "errors": """
+        SELECT error_type, error_message, count, pool, provider, last_occurred_at
+        FROM error_logs
+        ORDER BY count DESC, last_occurred_at DESC
+        LIMIT :errors
+    """,
+    # Running ones (live or stale) and the recently stopped: the table never grows with
+    # every `imgrun run` ever started.
+    "executors": """
+        SELECT id, "group", host, pid, version, state, started_at, heartbeat_at, pools,
+               extract(epoch FROM CAST(:now AS timestamptz) - heartbeat_at) AS age
+        FROM executors
+        WHERE state = 'running' OR heartbeat_at > :stopped_since
+        ORDER BY state <> 'running', started_at, id
+        LIMIT 50
+    """,
+}
+
+
+async def load_status_rows(
+    engine: AsyncEngine,
+    *,
+    now: datetime | None = None,
+    task_limit: int = 20,
+    recent_limit: int = 5,
+    error_limit: int = 5,
+) -> StatusRows:
+    """Read every status query in one read-only, consistent transaction."""
+    async with engine.connect() as connection:
+        # One snapshot for all queries, so counters and in-flight counts agree.
+        connection = await connection.execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
+        async with connection.begin():
+            if now is None:
+                now = (await connection.execute(text("SELECT now()"))).scalar_one()
+            return await _read(
+                connection,
+                now,
+                task_limit=task_limit,
+                recent_limit=recent_limit,
+                error_limit=error_limit,
+            )
+
+
+async def _rows(connection: AsyncConnection, name: str, **params: Any) -> tuple[Row, ...]:
+    result = await connection.execute(text(QUERIES[name]), params)
+    return tuple(dict(row) for row in result.mappings())
+
+
+async def _read(
+    connection: AsyncConnection,
+    now: datetime,
+    *,
+    task_limit: int,
+    recent_limit: int,
+    error_limit: int,
+) -> StatusRows:
+    short, long = RATE_WINDOWS
+    return StatusRows(
+        now=now,
+        queue=await _rows(connection, "queue"),
+        processing=await _rows(connection, "processing"),
+        window=await _rows(
+            connection,
+            "window",
+            now=now,
+            short_since=now - timedelta(seconds=short),
+            long_since=now - timedelta(seconds=long),
+        ),
+        active=await _rows(connection, "active_tasks", tasks=task_limit),
+        recent=await _rows(connection, "recent_tasks", recent=recent_limit),
+        errors=await _rows(connection, "errors", errors=error_limit),
+        executors=await _rows(
+            connection,
+            "executors",
+            now=now,
+            stopped_since=now - timedelta(seconds=STOPPED_SHOWN_FOR),
+        ),
+    )

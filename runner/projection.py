@@ -1,0 +1,248 @@
+"""The status projection: the status queries' rows in, a typed StatusSnapshot out (pure).
+
+No I/O and no clock: the rows carry the database's `now`, so the same rows always give the
+same view, and every rate, ETA and sparkline here is unit-tested without a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from db.models import POOLS
+from db.snapshots import LimitChange, PoolSnapshot, decode_pools
+from db.status_queries import RATE_WINDOWS, Row, StatusRows
+from runner.status_model import (
+    ErrorSummary,
+    ExecutorStatus,
+    PoolStatus,
+    ScalingDecision,
+    StatusSnapshot,
+    TaskProgress,
+    Throughput,
+)
+
+# A runner heartbeats every 5 s by default; three missed beats make it stale.
+STALE_AFTER = 15.0  # seconds
+# A rate measured over less than this is mostly noise (one completion 1 s in = 60/min).
+MIN_RATE_SPAN = 10.0  # seconds
+SPARKLINE_POINTS = 30
+SPARKLINE_SPAN = 600.0  # seconds of limit history in the sparkline
+DECISIONS_KEPT = 10  # newest scaling decisions per pool
+
+ACTIVE = ("pending", "running")
+
+
+def project(rows: StatusRows, *, stale_after: float = STALE_AFTER) -> StatusSnapshot:
+    """The status view of one consistent read."""
+    now = rows.now
+    executors = tuple(executor(row, stale_after) for row in rows.executors)
+    live = [e for e in executors if e.state == "running" and not e.stale]
+    rates = Rates(rows.window, now)
+    return StatusSnapshot(
+        at=now,
+        stale_after=stale_after,
+        pools=tuple(
+            pool(name, live, rows.queue, rows.processing, rates.pool_images_per_min(name), now)
+            for name in POOLS
+        ),
+        throughput=rates.throughput(sum(int(r["remaining_images"] or 0) for r in rows.queue)),
+        active_tasks=sum(int(r["tasks"]) for r in rows.queue),
+        tasks=tuple(task(row, rates) for row in rows.active),
+        recent=tuple(task(row, rates) for row in rows.recent),
+        errors=tuple(error(row) for row in rows.errors),
+        executors=executors,
+    )
+
+
+def executor(row: Row, stale_after: float) -> ExecutorStatus:
+    """One executors row; stale when it says running but its heartbeat is older than allowed."""
+    age = max(0.0, float(row["age"]))
+    return ExecutorStatus(
+        id=row["id"],
+        group=row["group"],
+        host=row["host"],
+        pid=int(row["pid"]),
+        version=row["version"],
+        state=row["state"],
+        started_at=row["started_at"],
+        heartbeat_at=row["heartbeat_at"],
+        heartbeat_age=round(age, 1),
+        stale=row["state"] == "running" and age > stale_after,
+        pools=decode_pools(row["pools"]),
+    )
+
+
+def error(row: Row) -> ErrorSummary:
+    """One aggregated error_logs row."""
+    return ErrorSummary(
+        error_type=row["error_type"],
+        message=row["error_message"],
+        count=int(row["count"]),
+        pool=row["pool"],
+        provider=row["provider"],
+        last_seen=row["last_occurred_at"],
+    )
+
+
+class Rates:
+    """Completions in the rate windows, per task, turned into per-minute rates."""
+
+    def __init__(self, window: Iterable[Row], now: datetime) -> None:
+        self.now = now
+        self.rows = {int(r["task_id"]): r for r in window}
+
+    def _span(self, window: float, rows: Sequence[Row]) -> float:
+        # A task (or the whole run) that began 40 s ago has had 40 s, not 5 min, to
+        # complete things: dividing by the full window would understate its rate 7×.
+        firsts: list[datetime] = [r["started_at"] for r in rows if r["started_at"] is not None]
+        if not firsts:
+            return window
+        elapsed = (self.now - min(firsts)).total_seconds()
+        return max(MIN_RATE_SPAN, min(window, elapsed))
+
+    def per_min(self, rows: Sequence[Row], window: float, *, images: bool) -> float:
+        """Subtasks (or images: × batch size) per minute over `window` seconds."""
+        key = "n_short" if window == RATE_WINDOWS[0] else "n_long"
+        count = sum(int(r[key]) * (int(r["batch_size"]) if images else 1) for r in rows)
+        return count * 60.0 / self._span(window, rows) if count else 0.0
+
+    def pool_images_per_min(self, pool: str) -> float:
+        """Images per minute in `pool` over the long window."""
+        rows = [r for r in self.rows.values() if r["pool"] == pool]
+        return round(self.per_min(rows, RATE_WINDOWS[1], images=True), 1)
+
+    def task_per_min(self, task_id: int) -> float:
+        """Subtasks per minute of one task over the long window."""
+        row = self.rows.get(task_id)
+        return 0.0 if row is None else self.per_min([row], RATE_WINDOWS[1], images=False)
+
+    def throughput(self, remaining_images: int) -> Throughput:
+        """The whole cluster's rates and the queue's ETA (from the 5-minute rate)."""
+        rows = list(self.rows.values())
+        short, long = RATE_WINDOWS
+        images_long = self.per_min(rows, long, images=True)
+        return Throughput(
+            images_per_min_1m=round(self.per_min(rows, short, images=True), 1),
+            images_per_min_5m=round(images_long, 1),
+            subtasks_per_min_1m=round(self.per_min(rows, short, images=False), 1),
+            subtasks_per_min_5m=round(self.per_min(rows, long, images=False), 1),
+            remaining_images=remaining_images,
+            eta_seconds=eta(remaining_images, images_long),
+        )
+
+
+def eta(remaining: int, per_min: float) -> float | None:
+    """Seconds until `remaining` are done at `per_min`; 0 when none remain, None at rate 0."""
+    if remaining <= 0:
+        return 0.0
+    return round(remaining * 60.0 / per_min, 1) if per_min > 0 else None
+
+
+def task(row: Row, rates: Rates) -> TaskProgress:
+    """One tasks row with its rate, and an ETA while it is still active."""
+    rate = rates.task_per_min(int(row["id"]))
+    progress = TaskProgress(
+        id=int(row["id"]),
+        name=row["name"],
+        pool=row["pool"],
+        provider=row["provider"],
+        priority=int(row["priority"]),
+        status=row["status"],
+        total=int(row["total_subtasks"]),
+        completed=int(row["completed_subtasks"]),
+        failed=int(row["failed_subtasks"]),
+        canceled=int(row["canceled_subtasks"]),
+        batch_size=int(row["batch_size"]),
+        total_images=int(row["total_images"]),
+        rate_per_min=round(rate, 1),
+        eta_seconds=None,
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+    if row["status"] not in ACTIVE:
+        return progress
+    return replace(progress, eta_seconds=eta(progress.remaining, rate))
+
+
+Snaps = Sequence[tuple[ExecutorStatus, PoolSnapshot]]
+
+
+def pool(
+    name: str,
+    live: Sequence[ExecutorStatus],
+    queue: Sequence[Row],
+    processing: Sequence[Row],
+    images_per_min: float,
+    now: datetime,
+) -> PoolStatus:
+    """One pool summed over the live runners' snapshots, its queue from the task counters."""
+    snaps = [(e, e.pools[name]) for e in live if name in e.pools]
+    remaining = sum(int(r["remaining"] or 0) for r in queue if r["pool"] == name)
+    in_flight = {bool(r["active"]): int(r["n"]) for r in processing if r["pool"] == name}
+    policies = sorted({s.policy for _, s in snaps if s.policy})
+    # Every runner counts the same queue, so the freshest runner's count is the answer.
+    freshest = min(snaps, key=lambda item: item[0].heartbeat_age, default=None)
+    return PoolStatus(
+        name=name,
+        limit=sum(s.limit for _, s in snaps),
+        max=sum(s.max for _, s in snaps),
+        running=sum(s.running for _, s in snaps),
+        pending=max(0, remaining - in_flight.get(True, 0)),
+        processing=sum(in_flight.values()),
+        claimable=freshest[1].pending if freshest else None,
+        policy="/".join(policies) or None,
+        paused_for=max((s.paused_for for _, s in snaps), default=0.0),
+        executors=len(snaps),
+        images_per_min=images_per_min,
+        decisions=decisions(snaps)[:DECISIONS_KEPT],
+        limit_history=limit_history(snaps, now),
+    )
+
+
+def decisions(snaps: Snaps) -> tuple[ScalingDecision, ...]:
+    """Every live runner's limit changes for one pool, newest first."""
+    merged = [
+        ScalingDecision(
+            at=datetime.fromtimestamp(change.at, tz=executor.heartbeat_at.tzinfo or UTC),
+            executor_id=executor.id,
+            from_limit=change.from_limit,
+            limit=change.to_limit,
+            reason=change.reason,
+        )
+        for executor, snap in snaps
+        for change in snap.history
+    ]
+    return tuple(sorted(merged, key=lambda d: (d.at, d.executor_id), reverse=True))
+
+
+def limit_at(history: Sequence[LimitChange], current: int, at: float) -> int:
+    """One runner's limit at unix time `at`, from its (oldest-first) limit changes."""
+    if not history:
+        return current
+    value = None
+    for change in history:
+        if change.at > at:
+            break
+        value = change.to_limit
+    # Before its oldest remembered change: the limit that change started from.
+    return history[0].from_limit if value is None else value
+
+
+def limit_history(snaps: Snaps, now: datetime) -> tuple[int, ...]:
+    """Σ of the live runners' limits at SPARKLINE_POINTS instants over SPARKLINE_SPAN."""
+    if not snaps:
+        return ()
+    end = now.timestamp()
+    step = SPARKLINE_SPAN / (SPARKLINE_POINTS - 1)
+    points = [end - SPARKLINE_SPAN + i * step for i in range(SPARKLINE_POINTS)]
+    runners = [(e.started_at.timestamp(), snap.history, snap.limit) for e, snap in snaps]
+    return tuple(
+        # A runner contributes nothing before it started.
+        sum(
+            limit_at(history, current, at) for started, history, current in runners if at >= started
+        )
+        for at in points
+    )

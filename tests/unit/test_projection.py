@@ -1,0 +1,207 @@
+"""The status projection without a database: rows in, rates, ETAs, sparklines and staleness out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from db.snapshots import LimitChange, PoolSnapshot, encode_pools
+from db.status_queries import StatusRows
+from runner.projection import (
+    SPARKLINE_POINTS,
+    SPARKLINE_SPAN,
+    eta,
+    limit_at,
+    project,
+)
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+T = NOW.timestamp()
+STEP = SPARKLINE_SPAN / (SPARKLINE_POINTS - 1)  # seconds between sparkline samples
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+def executor_row(
+    name: str, *, age: float, pools: dict[str, PoolSnapshot], state: str = "running"
+) -> dict[str, Any]:
+    return {
+        "id": name,
+        "group": "default",
+        "host": "h",
+        "pid": 1,
+        "version": "0",
+        "state": state,
+        "started_at": ago(3600),
+        "heartbeat_at": ago(age),
+        "pools": encode_pools(pools),
+        "age": age,
+    }
+
+
+def window_row(task_id: int, pool: str, batch: int, started: float, short: int, long: int) -> Any:
+    return {
+        "task_id": task_id,
+        "pool": pool,
+        "batch_size": batch,
+        "started_at": ago(started),
+        "n_short": short,
+        "n_long": long,
+    }
+
+
+def task_row(task_id: int, status: str, total: int, completed: int, batch: int = 1) -> Any:
+    return {
+        "id": task_id,
+        "name": f"t{task_id}",
+        "pool": "standard",
+        "provider": "sim",
+        "priority": 1,
+        "status": status,
+        "total_subtasks": total,
+        "completed_subtasks": completed,
+        "failed_subtasks": 0,
+        "canceled_subtasks": 0,
+        "batch_size": batch,
+        "total_images": total * batch,
+        "created_at": ago(3600),
+        "started_at": ago(3600),
+        "finished_at": None,
+    }
+
+
+def rows(**overrides: Any) -> StatusRows:
+    base: dict[str, Any] = dict(
+        now=NOW, queue=(), processing=(), window=(), active=(), recent=(), errors=(), executors=()
+    )
+    return StatusRows(**{**base, **overrides})
+
+
+def test_throughput_over_the_windows_weighted_by_batch_size() -> None:
+    """60 subtasks of batch 2 in the last 5 min of a long-running task: 12 subtasks/min."""
+    snapshot = project(
+        rows(
+            window=(window_row(1, "standard", 2, 3600, short=20, long=60),),
+            queue=({"pool": "standard", "tasks": 1, "remaining": 30, "remaining_images": 60},),
+        )
+    )
+    t = snapshot.throughput
+    assert (t.subtasks_per_min_1m, t.subtasks_per_min_5m) == (20.0, 12.0)
+    assert (t.images_per_min_1m, t.images_per_min_5m) == (40.0, 24.0)
+    # 60 images left at 24 images/min.
+    assert t.remaining_images == 60 and t.eta_seconds == 150.0
+    assert {p.name: p.images_per_min for p in snapshot.pools}["standard"] == 24.0
+
+
+def test_a_young_task_is_rated_over_its_own_age_not_the_whole_window() -> None:
+    """Started 40 s ago with 20 done: 30/min, not 20 per 5 min; never below 10 s of span."""
+    young = project(rows(window=(window_row(1, "standard", 1, 40, short=20, long=20),)))
+    assert young.throughput.subtasks_per_min_5m == 30.0
+    newborn = project(rows(window=(window_row(1, "standard", 1, 1, short=5, long=5),)))
+    assert newborn.throughput.subtasks_per_min_5m == 30.0  # 5 over MIN_RATE_SPAN (10 s)
+
+
+@pytest.mark.parametrize(
+    ("remaining", "per_min", "expected"),
+    [(0, 0.0, 0.0), (-1, 5.0, 0.0), (10, 0.0, None), (10, 4.0, 150.0), (1, 3.0, 20.0)],
+)
+def test_eta(remaining: int, per_min: float, expected: float | None) -> None:
+    """Nothing left: 0; nothing completing: unknown; else remaining over the rate."""
+    assert eta(remaining, per_min) == expected
+
+
+def test_task_eta_only_while_active() -> None:
+    """An active task gets remaining / its own rate; a finished one none."""
+    window = (window_row(1, "standard", 1, 3600, short=5, long=25),)  # 5/min
+    snapshot = project(
+        rows(
+            window=window,
+            active=(task_row(1, "running", total=100, completed=50),),
+            recent=(replace_status(task_row(1, "completed", total=100, completed=100)),),
+        )
+    )
+    assert snapshot.tasks[0].rate_per_min == 5.0
+    assert snapshot.tasks[0].eta_seconds == 50 * 60 / 5.0
+    assert snapshot.recent[0].eta_seconds is None
+
+
+def replace_status(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "finished_at": ago(10)}
+
+
+def test_limit_at_uses_from_limit_before_the_oldest_change() -> None:
+    """Before the first change the limit is its from_limit; after each, its to_limit."""
+    history = (LimitChange(100.0, 10, 15, "x"), LimitChange(200.0, 15, 5, "y"))
+    assert limit_at(history, current=5, at=50.0) == 10
+    assert limit_at(history, current=5, at=100.0) == 15
+    assert limit_at(history, current=5, at=199.0) == 15
+    assert limit_at(history, current=5, at=250.0) == 5
+    assert limit_at((), current=7, at=0.0) == 7
+
+
+def test_sparkline_sums_live_runners_and_ignores_reason_wording() -> None:
+    """Σ limit sampled over 10 min from LimitChange records; rewording reasons changes nothing."""
+    up = PoolSnapshot(
+        limit=15, max=50, history=(LimitChange(T - 300, 10, 15, "pending high: 10 → 15"),)
+    )
+    flat = PoolSnapshot(limit=10, max=50)
+    executors = (
+        executor_row("a", age=1, pools={"standard": up}),
+        executor_row("b", age=2, pools={"standard": flat}),
+    )
+    pools = {p.name: p for p in project(rows(executors=executors)).pools}
+    history = pools["standard"].limit_history
+    assert len(history) == SPARKLINE_POINTS
+    changed_at = SPARKLINE_POINTS - 1 - int(300 // STEP)  # first sample at or after T - 300
+    assert history[:changed_at] == (20,) * changed_at
+    assert history[changed_at:] == (25,) * (SPARKLINE_POINTS - changed_at)
+
+    reworded = replace(up, history=(replace(up.history[0], reason="grew, queue deep"),))
+    executors2 = (executors[0] | {"pools": encode_pools({"standard": reworded})}, executors[1])
+    again = {p.name: p for p in project(rows(executors=executors2)).pools}
+    assert again["standard"].limit_history == history
+    assert [(d.from_limit, d.limit) for d in again["standard"].decisions] == [(10, 15)]
+
+
+def test_stale_and_stopped_executors_are_left_out_of_the_pools() -> None:
+    """A heartbeat older than stale_after marks the runner stale; its limits are not summed."""
+    live = PoolSnapshot(limit=10, max=50, running=2, pending=7, policy="adaptive")
+    ghost = PoolSnapshot(limit=99, max=99, running=99, pending=99, policy="fixed")
+    executors = (
+        executor_row("live", age=3, pools={"standard": live}),
+        executor_row("stale", age=30, pools={"standard": ghost}),
+        executor_row("gone", age=1, pools={"standard": ghost}, state="stopped"),
+    )
+    snapshot = project(rows(executors=executors), stale_after=15.0)
+    assert [(e.id, e.stale) for e in snapshot.executors] == [
+        ("live", False),
+        ("stale", True),
+        ("gone", False),
+    ]
+    standard = {p.name: p for p in snapshot.pools}["standard"]
+    assert (standard.limit, standard.running, standard.executors) == (10, 2, 1)
+    assert (standard.claimable, standard.policy) == (7, "adaptive")
+    # With a looser threshold the 30-s-old runner counts again.
+    looser = {p.name: p for p in project(rows(executors=executors), stale_after=60).pools}
+    assert looser["standard"].limit == 109
+
+
+def test_pending_is_counters_remaining_minus_active_in_flight() -> None:
+    """In-flight rows of active tasks are not pending; a canceled task's ones never were."""
+    snapshot = project(
+        rows(
+            queue=({"pool": "lumina", "tasks": 2, "remaining": 12, "remaining_images": 12},),
+            processing=(
+                {"pool": "lumina", "active": True, "n": 3},
+                {"pool": "lumina", "active": False, "n": 1},
+            ),
+        )
+    )
+    lumina = {p.name: p for p in snapshot.pools}["lumina"]
+    assert (lumina.pending, lumina.processing, lumina.claimable) == (9, 4, None)
+    assert snapshot.active_tasks == 2
