@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from db.records import ClaimedSubtask, ErrorRecord, NewTask, Outcome, SubtaskRow
+from db.records import ClaimedSubtask, ErrorRecord, ExpiredLease, NewTask, Outcome, SubtaskRow
+
+# The runner's rule for expired leases: the same as for any failed attempt.
+DecideLeases = Callable[[Sequence[ExpiredLease]], Sequence[Outcome]]
 
 
 class SubtaskLeases(Protocol):
@@ -32,8 +35,8 @@ class SubtaskLeases(Protocol):
         """Persist an async job's id while still holding the lease; False if it was lost."""
         ...
 
-    async def reap_expired(self, *, limit: int = 1000) -> list[Outcome]:
-        """Move subtasks whose lease is (still) expired on; returns what it applied."""
+    async def reap_expired(self, decide: DecideLeases, *, limit: int = 1000) -> list[Outcome]:
+        """Settle expired leases as `decide` says, while they are locked; returns those."""
         ...
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.models import Subtask, Task
 
@@ -16,6 +16,7 @@ from db.models import Subtask, Task
 from db.records import (
     ClaimedSubtask,
     ErrorRecord,
+    ExpiredLease,
     NewTask,
     Outcome,
     OutcomeKind,
@@ -190,19 +191,24 @@ async def claim(
         return [ClaimedSubtask(**row) for row in rows.mappings()]
 
 
-# The outcome chain after its input: lock by primary key, fence, move rows, roll up tasks.
-# `{ids}` names the reported ids; `{still_due}` is an extra fence condition (the reaper's
-# re-check that the lease is still expired).
-_OUTCOME_CHAIN = """
+APPLY_OUTCOMES = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:kinds AS text[]),
+            CAST(:executors AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
+            CAST(:delays AS float8[]), CAST(:resets AS bool[])
+        ) AS i(id, attempt, kind, executor_id, result, error, delay, reset_job)
+    ),
     locked AS (
         -- Lock the reported rows by primary key, in id order: concurrent writers never
         -- deadlock. No status predicate here on purpose: with one, the planner may read the
         -- partial lease index (statistics taken when nothing was processing say it is
         -- empty) as the outer side of a nested loop that rescans the input once per held
         -- row -- quadratic, and the cause of the backlog stall.
-        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts, s.lease_expires_at
+        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts
         FROM subtasks s
-        WHERE s.id = ANY({ids})
+        WHERE s.id = ANY(CAST(:ids AS bigint[]))
         ORDER BY s.id
         FOR UPDATE
     ), fenced AS (
@@ -216,7 +222,7 @@ _OUTCOME_CHAIN = """
         JOIN input i ON i.id = l.id
         JOIN tasks t ON t.id = l.task_id
         WHERE l.status = 'processing' AND l.executor_id = i.executor_id
-          AND l.attempts = i.attempt {still_due}
+          AND l.attempts = i.attempt
     ), updated AS (
         UPDATE subtasks s
         SET status = CASE WHEN f.effective IN ('completed', 'failed', 'canceled')
@@ -263,19 +269,7 @@ _OUTCOME_CHAIN = """
         FROM per_task p
         WHERE t.id = p.task_id AND t.id IN (SELECT id FROM locked_tasks)
     )
-"""
 
-APPLY_OUTCOMES = text(
-    """
-    WITH input AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:kinds AS text[]),
-            CAST(:executors AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
-            CAST(:delays AS float8[]), CAST(:resets AS bool[])
-        ) AS i(id, attempt, kind, executor_id, result, error, delay, reset_job)
-    ),"""
-    + _OUTCOME_CHAIN.format(ids="CAST(:ids AS bigint[])", still_due="")
-    + """
     SELECT pool, count(*) FILTER (WHERE status = 'pending') AS requeued, count(*) AS applied
     FROM updated GROUP BY pool
     """
@@ -284,6 +278,14 @@ APPLY_OUTCOMES = text(
 
 async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> int:
     """Record many attempts' outcomes in one transaction; returns how many applied."""
+    if not outcomes:
+        return 0
+    async with engine.begin() as connection:
+        return await _apply(connection, outcomes)
+
+
+async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+    """APPLY_OUTCOMES within the caller's transaction; wakes the pools it requeued to."""
     if not outcomes:
         return 0
     params = {
@@ -296,12 +298,11 @@ async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> in
         "delays": [o.delay for o in outcomes],
         "resets": [o.reset_job for o in outcomes],
     }
-    async with engine.begin() as connection:
-        rows = (await connection.execute(APPLY_OUTCOMES, params)).all()
-        for pool, requeued, _ in rows:
-            if requeued:
-                await _wake(connection, pool)
-        return sum(applied for _, _, applied in rows)
+    rows = (await connection.execute(APPLY_OUTCOMES, params)).all()
+    for pool, requeued, _ in rows:
+        if requeued:
+            await _wake(connection, pool)
+    return sum(applied for _, _, applied in rows)
 
 
 async def _wake(connection: Any, pool: str) -> None:
@@ -331,58 +332,36 @@ async def set_external_id(
         return bool(result.rowcount)
 
 
-LEASE_EXPIRED = "lease expired: its runner stopped answering"
-
-# One statement, so nothing can renew a lease between the reaper's look and its move: the
-# candidates are locked (SKIP LOCKED: a heartbeat renewing a row right now keeps it), and the
-# fence re-checks expiry on the newest row version before anything moves.
-REAP_EXPIRED = text(
+EXPIRED = text(
     """
-    WITH input AS (
-        SELECT s.id, s.attempts AS attempt,
-               CASE WHEN s.retry_count < t.max_retries THEN 'retry' ELSE 'failed' END AS kind,
-               s.executor_id, CAST(NULL AS text) AS result, CAST(:error AS text) AS error,
-               CAST(0 AS float8) AS delay, false AS reset_job
-        FROM subtasks s JOIN tasks t ON t.id = s.task_id
-        WHERE s.status = 'processing' AND s.lease_expires_at < now()
-        ORDER BY s.lease_expires_at
-        LIMIT :n
-        FOR UPDATE OF s SKIP LOCKED
-    ),"""
-    + _OUTCOME_CHAIN.format(
-        ids="ARRAY(SELECT id FROM input)", still_due="AND l.lease_expires_at < now()"
-    )
-    + """
-    SELECT u.id, u.pool, u.status, i.attempt, i.kind, i.executor_id
-    FROM updated u JOIN input i ON i.id = u.id
-    ORDER BY u.id
+    SELECT s.id, s.attempts AS attempt, s.executor_id, s.retry_count, s.deferrals,
+           t.max_retries, s.pool, t.provider
+    FROM subtasks s JOIN tasks t ON t.id = s.task_id
+    WHERE s.status = 'processing' AND s.lease_expires_at < now()
+    ORDER BY s.lease_expires_at
+    LIMIT :n
+    FOR UPDATE OF s SKIP LOCKED
     """
 )
 
 
-async def reap_expired(engine: AsyncEngine, *, limit: int = 1000) -> list[Outcome]:
-    """Return expired leases to pending (counting the attempt), or fail them at max_retries.
+async def reap_expired(
+    engine: AsyncEngine,
+    decide: Callable[[Sequence[ExpiredLease]], Sequence[Outcome]],
+    *,
+    limit: int = 1000,
+) -> list[Outcome]:
+    """Settle up to `limit` expired leases as `decide` says; returns the outcomes applied.
 
-    Returns the outcomes that moved a row: a lease renewed meanwhile is left alone.
+    One transaction: the rows stay locked from the moment they are seen expired until
+    their outcomes commit, so a heartbeat cannot renew one in between (it skips locked
+    rows), and a lease renewed before the look is not expired at all.
     """
     async with engine.begin() as connection:
-        rows = (
-            (await connection.execute(REAP_EXPIRED, {"n": limit, "error": LEASE_EXPIRED}))
-            .mappings()
-            .all()
-        )
-        for pool in sorted({row["pool"] for row in rows if row["status"] == "pending"}):
-            await _wake(connection, pool)
-    return [
-        Outcome(
-            subtask_id=row["id"],
-            attempt=row["attempt"],
-            kind=row["kind"],
-            executor_id=row["executor_id"],
-            error=LEASE_EXPIRED,
-        )
-        for row in rows
-    ]
+        rows = (await connection.execute(EXPIRED, {"n": limit})).mappings().all()
+        outcomes = list(decide([ExpiredLease(**row) for row in rows]))
+        await _apply(connection, outcomes)
+    return outcomes
 
 
 async def work_remains(engine: AsyncEngine, pools: Sequence[str]) -> bool:

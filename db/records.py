@@ -78,6 +78,20 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class ExpiredLease:
+    """A subtask whose runner stopped renewing its lease, with the counters to decide on."""
+
+    id: int
+    attempt: int
+    executor_id: str
+    retry_count: int
+    deferrals: int
+    max_retries: int
+    pool: str
+    provider: str
+
+
+@dataclass(frozen=True)
 class ErrorRecord:
     """One failure to aggregate (already redacted and fingerprinted)."""
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import notify, queries
-from db.ports import RunnerStore, TaskStore
+from db.ports import DecideLeases, RunnerStore, TaskStore
 from db.records import ClaimedSubtask, ErrorRecord, NewTask, Outcome, SubtaskRow
 
 
@@ -38,9 +38,9 @@ class PgStore:
             self.engine, subtask_id, attempt, executor_id, external_id
         )
 
-    async def reap_expired(self, *, limit: int = 1000) -> list[Outcome]:
-        """Move expired leases on in one fenced statement."""
-        return await queries.reap_expired(self.engine, limit=limit)
+    async def reap_expired(self, decide: DecideLeases, *, limit: int = 1000) -> list[Outcome]:
+        """Settle expired leases as `decide` says, in the transaction that locked them."""
+        return await queries.reap_expired(self.engine, decide, limit=limit)
 
     # --- ExecutorRegistry ------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from db.queries import OutcomeKind
+from db.records import OutcomeKind
 from runner.backoff import SubtaskRetryPolicy, decide_failure
 from runner.fingerprint import error_type, fingerprint, redact
 from runner.scaling import PressureKind

@@ -11,12 +11,11 @@ from typing import Any
 
 import anyio
 import tenacity
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import queries
 from db.engine import is_transient_db_error
-from db.notify import listen
-from db.queries import ClaimedSubtask, ErrorRecord, Outcome
+from db.ports import RunnerStore
+from db.records import ClaimedSubtask, ErrorRecord, Outcome
+from runner import duties
 from runner.backoff import SubtaskRetryPolicy
 from runner.classify import Attempt, classify, pressure_of
 from runner.config import PoolConfig, RunnerSettings
@@ -57,7 +56,7 @@ class Executor:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        store: RunnerStore,
         identity: Identity,
         settings: RunnerSettings,
         pools: Mapping[str, PoolConfig],
@@ -68,7 +67,7 @@ class Executor:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.engine = engine
+        self.store = store
         self.identity = identity
         self.settings = settings
         self.clock = clock
@@ -81,7 +80,7 @@ class Executor:
         self.buffer = OutcomeBuffer(settings.outcome_batch)
         self._flush_wakeup = Wakeup()
         self._flush_lock = anyio.Lock()
-        self._idle_wakeup = Wakeup()
+        self.idle_wakeup = Wakeup()
         # Claimed and not yet recorded: in flight, or finished and waiting in the buffer.
         self._held: dict[int, ClaimedSubtask] = {}
         self._canceled_tasks: set[int] = set()
@@ -108,25 +107,19 @@ class Executor:
     async def run(self) -> None:
         """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
         i = self.identity
-        await queries.register_executor(
-            self.engine, i.executor_id, i.group, i.host, i.pid, i.version
-        )
+        await self.store.register_executor(i.executor_id, i.group, i.host, i.pid, i.version)
         log.info(
             "runner %s started (pools: %s)",
             self.executor_id,
             ", ".join(f"{p.name} limit {p.limiter.total_tokens}" for p in self.pools.values()),
         )
         async with anyio.create_task_group() as services:
-            services.start_soon(listen, self.engine, self._on_notify)
-            for loop in (
-                self._heartbeat_loop,
-                self._reaper_loop,
-                self._flush_loop,
-                self._scaler_loop,
-            ):
-                services.start_soon(self._resilient, loop)
+            services.start_soon(self.store.listen, self._on_notify)
+            services.start_soon(self._resilient, self._flush_loop)
+            for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
+                services.start_soon(self._resilient, duty, self)
             if self.until_idle:
-                services.start_soon(self._resilient, self._idle_loop)
+                services.start_soon(self._resilient, duties.idle_loop, self)
             async with anyio.create_task_group() as work:
                 self._work_group = work
                 async with anyio.create_task_group() as claimers:
@@ -157,9 +150,7 @@ class Executor:
             async for attempt in retrying:
                 with attempt:
                     await self._flush()
-                    await queries.mark_executor_stopped(
-                        self.engine, self.executor_id, self.snapshot()
-                    )
+                    await self.store.mark_executor_stopped(self.executor_id, self.snapshot())
         if self.buffer.outcomes_waiting:
             log.warning(
                 "exiting with %d outcomes unrecorded: their leases return them to pending",
@@ -193,7 +184,7 @@ class Executor:
         )
         with anyio.move_on_after(self.settings.shutdown_grace):
             while self._held:
-                await self._idle_wakeup.wait(0.5)
+                await self.idle_wakeup.wait(0.5)
         unrecorded = self.buffer.outcomes_waiting
         in_flight = len(self._held) - unrecorded
         if in_flight > 0:
@@ -230,8 +221,8 @@ class Executor:
                 # Shielded: a claim cancelled after its commit would strand rows until
                 # their lease expires; rows claimed as a stop arrives are handed back.
                 with anyio.CancelScope(shield=True):
-                    rows = await queries.claim(
-                        self.engine, pool.name, free, self.executor_id, self.settings.lease
+                    rows = await self.store.claim(
+                        pool.name, free, self.executor_id, self.settings.lease
                     )
                     if self.stop_requested.is_set():
                         for row in rows:
@@ -253,7 +244,7 @@ class Executor:
                 )
             if len(rows) < free:
                 # Drained what is due: sleep until notified (new work, a freed slot) or poll.
-                self._idle_wakeup.notify()
+                self.idle_wakeup.notify()
                 await pool.wakeup.wait(poll)
 
     # --- running one subtask -------------------------------------------------
@@ -265,7 +256,7 @@ class Executor:
             self._held.pop(row.id, None)
             pool.limiter.release_on_behalf_of(token)
             pool.wakeup.notify()
-            self._idle_wakeup.notify()
+            self.idle_wakeup.notify()
 
         return release
 
@@ -318,8 +309,8 @@ class Executor:
         with anyio.CancelScope(shield=True):
             async for attempt in retrying:
                 with attempt:
-                    await queries.set_external_id(
-                        self.engine, row.id, row.attempts, self.executor_id, external_id
+                    await self.store.set_external_id(
+                        row.id, row.attempts, self.executor_id, external_id
                     )
 
     def _on_success(
@@ -387,9 +378,10 @@ class Executor:
             pool.window.timeouts += 1
         else:
             pool.window.rate_limited += 1
-        self._adopt(pool, pool.policy.on_pressure(kind, retry_after, self.clock()))
+        self.adopt(pool, pool.policy.on_pressure(kind, retry_after, self.clock()))
 
-    def _adopt(self, pool: Pool, decision: Decision) -> None:
+    def adopt(self, pool: Pool, decision: Decision) -> None:
+        """Apply a scaling decision to a pool, counting and logging a change."""
         before = int(pool.limiter.total_tokens)
         if pool.apply(decision, time.time()):
             direction = "up" if decision.limit > before else "down"
@@ -415,9 +407,9 @@ class Executor:
             while batch := self.buffer.take():
                 try:
                     if batch.entries:
-                        await queries.apply_outcomes(self.engine, batch.outcomes)
+                        await self.store.apply_outcomes(batch.outcomes)
                     if batch.errors:
-                        for kind, message in await queries.record_errors(self.engine, batch.errors):
+                        for kind, message in await self.store.record_errors(batch.errors):
                             log.warning("new error: %s: %s", kind, message)
                 except BaseException:
                     # Not written (or not known to be): put it back. Outcomes are fenced, so
@@ -427,57 +419,37 @@ class Executor:
                 batch.release()
 
     @property
-    def _busy(self) -> bool:
+    def busy(self) -> bool:
         """Work in flight or not yet recorded."""
         return bool(
             any(p.running for p in self.pools.values()) or self.buffer or self._flush_lock.locked()
         )
 
-    # --- periodic duties -----------------------------------------------------
+    # --- what the periodic duties (runner/duties.py) use ------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every pool's state, for the executors row."""
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """Every pool's state, encoded for the executors row."""
         now = self.clock()
         return {name: pool.snapshot(now) for name, pool in self.pools.items()}
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.settings.heartbeat_interval)
-            await queries.heartbeat(
-                self.engine,
-                self.executor_id,
-                self.snapshot(),
-                self.settings.lease,
-                sorted(self._held),
-            )
-            task_ids = {row.task_id for row in self._held.values()}
-            self._canceled_tasks = await queries.canceled_among(self.engine, sorted(task_ids))
+    @property
+    def held_ids(self) -> list[int]:
+        """Subtasks claimed and not yet recorded, ascending."""
+        return sorted(self._held)
 
-    async def _reaper_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.settings.heartbeat_interval)
-            reaped = await queries.reap_expired(self.engine)
-            if reaped:
-                log.info("reaped %d subtasks whose lease expired", len(reaped))
+    @property
+    def held_task_ids(self) -> list[int]:
+        """Their tasks, ascending."""
+        return sorted({row.task_id for row in self._held.values()})
 
-    async def _scaler_loop(self) -> None:
-        tick = min(pool.config.tick_interval for pool in self.pools.values())
-        while True:
-            pending = await queries.pending_counts(self.engine, list(self.pools))
-            now = self.clock()
-            for pool in self.pools.values():
-                pool.pending = pending.get(pool.name, 0)
-                signals = pool.window.signals(pool.pending, pool.running)
-                pool.window = type(pool.window)()
-                self._adopt(pool, pool.policy.tick(signals, now))
-            self.metrics.observe_pools(self.snapshot())
-            await anyio.sleep(tick)
+    def set_canceled_tasks(self, task_ids: set[int]) -> None:
+        """Tell in-flight work which tasks were canceled."""
+        self._canceled_tasks = task_ids
 
-    async def _idle_loop(self) -> None:
-        while not self.stop_requested.is_set():
-            await self._idle_wakeup.wait(self.settings.poll_interval)
-            if self._busy:
-                continue
-            if not await queries.work_remains(self.engine, list(self.pools)):
-                log.info("nothing pending, processing or waiting to retry: stopping")
-                self.request_stop()
+    def observe_pools(self) -> None:
+        """Refresh the pool gauges."""
+        self.metrics.observe_pools(self.snapshot())
+
+    def now(self) -> float:
+        """The runner's monotonic clock."""
+        return self.clock()

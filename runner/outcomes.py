@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from db.queries import ErrorRecord, Outcome
+from db.records import ErrorRecord, Outcome
 
 DEFAULT_MAX_BATCH = 500  # outcomes per statement: keeps every flush statement short
 

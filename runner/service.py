@@ -16,7 +16,8 @@ import aiohttp
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.queries import ClaimedSubtask
+from db.records import ClaimedSubtask
+from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, PoolConfig, ProviderSettings
 from runner.executor import Executor, Identity, Work
@@ -221,7 +222,7 @@ async def serve(
     async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
         providers = Providers(config, env, session)
         executor = Executor(
-            engine,
+            PgStore(engine),
             make_identity(config),
             config.runner,
             pools,

@@ -11,6 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.records import ClaimedSubtask, Outcome
 from db.store import PgStore
+from runner.classify import LeaseExpired
+from runner.config import RunnerSettings
+from runner.duties import lease_outcomes
 
 
 @pytest.fixture
@@ -76,3 +79,13 @@ async def expire(engine: AsyncEngine, ids: Sequence[int]) -> None:
 def outcome(row: ClaimedSubtask, kind: str, executor: str = "r1", **fields: Any) -> Outcome:
     """The outcome of `row`'s current attempt, reported by `executor`."""
     return Outcome(row.id, row.attempts, kind, executor, **fields)
+
+
+# The runner's rule, with no backoff so a retried row can be claimed again at once.
+REAP_SETTINGS = RunnerSettings(retry_base=0.0)
+LEASE_EXPIRED = f"LeaseExpired: {LeaseExpired()}"
+
+
+async def reap(store: PgStore, *, limit: int = 1000) -> list[Outcome]:
+    """Reap expired leases as the runner does (its classification rule)."""
+    return await store.reap_expired(lambda rows: lease_outcomes(rows, REAP_SETTINGS), limit=limit)

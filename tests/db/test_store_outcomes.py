@@ -6,7 +6,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.store import PgStore
-from tests.db.conftest import counters, expire, outcome, subtask, task
+from tests.db.conftest import (
+    counters,
+    expire,
+    outcome,
+    reap,
+    subtask,
+    task,
+)
 from tests.runner.conftest import submit
 
 pytestmark = pytest.mark.anyio
@@ -167,7 +174,7 @@ async def test_reaped_and_reclaimed_by_another_runner_drops_the_late_outcome(
     task_id = await submit(engine, n=1)
     (stale,) = await store.claim("standard", 1, "r1", 60.0)
     await expire(engine, [stale.id])
-    await store.reap_expired()
+    await reap(store)
     (fresh,) = await store.claim("standard", 1, "r2", 60.0)
     assert fresh.attempts == stale.attempts + 1
     assert await store.apply_outcomes([outcome(stale, "completed", result=IMAGES)]) == 0
@@ -191,7 +198,7 @@ async def test_same_executor_older_attempt_outcome_is_dropped(
     task_id = await submit(engine, n=1)
     (old,) = await store.claim("standard", 1, "r1", 60.0)
     await expire(engine, [old.id])
-    await store.reap_expired()
+    await reap(store)
     (new,) = await store.claim("standard", 1, "r1", 60.0)
     assert (new.attempts, new.retry_count) == (2, 1)
     assert await store.apply_outcomes([outcome(old, "failed", error="late")]) == 0

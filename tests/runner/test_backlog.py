@@ -15,6 +15,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
+from runner.config import RunnerSettings
+from runner.duties import reap_once
 from runner.service import serve
 from tests.runner.conftest import (
     assert_counters_consistent,
@@ -163,10 +166,9 @@ async def test_sigterm_stops_runner_promptly_while_a_flush_hangs(
     assert (
         counts.get("pending", 0) + counts.get("processing", 0) + counts.get("completed", 0) == 200
     )
-    from db import queries
 
     async def all_back() -> bool:
-        await queries.reap_expired(engine)
+        await reap_once(PgStore(engine), RunnerSettings())
         return (await status_counts(engine)).get("processing", 0) == 0
 
     await wait_until(all_back, timeout=30, every=0.2)

@@ -115,7 +115,9 @@ async def test_killed_runner_work_is_finished_by_another_after_lease_expiry(
         engine, "SELECT count(*) FROM subtasks WHERE retry_count = 1 AND attempts = 2"
     )
     assert rescued == held, "each orphaned subtask costs exactly one attempt"
-    reason = await scalar(engine, "SELECT count(*) FROM subtasks WHERE error LIKE 'lease expired%'")
+    reason = await scalar(
+        engine, "SELECT count(*) FROM subtasks WHERE error LIKE '%lease expired%'"
+    )
     assert reason == held
 
 

@@ -92,3 +92,40 @@ def test_pressure_of_absorbed_errors() -> None:
     assert pressure_of(RateLimited("503", status=503)) == "unavailable"
     assert pressure_of(ProviderTimeout("t")) == "timeout"
     assert pressure_of(TransientError("500")) is None
+
+
+def test_the_reaper_decides_expired_leases_by_the_same_rule() -> None:
+    """A crash is a retryable failure: backoff base×2^n, failed once retries are used up."""
+    from db.records import ExpiredLease
+    from runner.config import RunnerSettings
+    from runner.duties import lease_errors, lease_outcomes
+
+    expired = [
+        ExpiredLease(
+            1, 1, "r1", retry_count=0, deferrals=0, max_retries=3, pool="standard", provider="sim"
+        ),
+        ExpiredLease(
+            2, 3, "r2", retry_count=2, deferrals=9, max_retries=3, pool="lumina", provider="sim"
+        ),
+        ExpiredLease(
+            3, 4, "r2", retry_count=3, deferrals=0, max_retries=3, pool="standard", provider="x"
+        ),
+    ]
+    outcomes = lease_outcomes(expired, RunnerSettings(retry_base=2.0))
+    assert [(o.subtask_id, o.attempt, o.executor_id) for o in outcomes] == [
+        (1, 1, "r1"),
+        (2, 3, "r2"),
+        (3, 4, "r2"),
+    ]
+    assert [(o.kind, o.delay) for o in outcomes] == [
+        ("retry", 2.0),
+        ("retry", 8.0),
+        ("failed", 0.0),
+    ]
+    assert all("lease expired" in (o.error or "") for o in outcomes)
+    errors = lease_errors(expired)
+    assert [(e.error_type, e.pool, e.provider, e.subtask_id) for e in errors] == [
+        ("LeaseExpired", "standard", "sim", 1),
+        ("LeaseExpired", "lumina", "sim", 2),
+        ("LeaseExpired", "standard", "x", 3),
+    ]
