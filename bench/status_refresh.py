@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench.common import embedded_server, fresh_database
 from db.engine import open_engine
 from db.status_queries import QUERIES, RATE_WINDOWS, STOPPED_SHOWN_FOR
+from db.store import PgStore
 from runner.status_read import load_status
 
 TASKS = 20
@@ -226,7 +227,7 @@ async def bench(server_url: str, subtasks: int, runs: int, show_plans: bool) -> 
         if show_plans:
             await explain(engine)
         settled = await time_refreshes(engine, runs)
-        snapshot = await load_status(engine)
+        snapshot = await load_status(PgStore(engine))
     t = snapshot.throughput
     print(
         f"snapshot: {snapshot.active_tasks} active tasks,"
@@ -248,11 +249,11 @@ async def bench(server_url: str, subtasks: int, runs: int, show_plans: bool) -> 
 async def time_refreshes(engine: AsyncEngine, runs: int) -> list[float]:
     """Milliseconds per `load_status`, sorted, after a warm-up."""
     for _ in range(3):
-        await load_status(engine)
+        await load_status(PgStore(engine))
     timings = []
     for _ in range(runs):
         started = time.perf_counter()
-        await load_status(engine)
+        await load_status(PgStore(engine))
         timings.append((time.perf_counter() - started) * 1000)
     return sorted(timings)
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import notify, queries
+from db import api_queries, notify, outbox, queries, status_queries
+from db.api_queries import Submitted
+from db.outbox import OutboxEvent
 from db.ports import DecideLeases, RunnerStore, TaskStore
 from db.records import ClaimedSubtask, ErrorRecord, NewTask, Outcome, SubtaskRow
+from db.status_queries import StatusRows
 
 
 class PgStore:
@@ -86,9 +91,15 @@ class PgStore:
 
     # --- TaskStore -------------------------------------------------------
 
-    async def submit_task(self, task: NewTask, subtasks: Iterable[SubtaskRow]) -> int:
+    async def submit_task(
+        self,
+        task: NewTask,
+        subtasks: Iterable[SubtaskRow],
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Insert a task and its subtasks in one transaction."""
-        return await queries.submit_task(self.engine, task, subtasks)
+        return await queries.submit_task(self.engine, task, subtasks, on_progress=on_progress)
 
     async def list_tasks(
         self, *, limit: int = 50, active_only: bool = False
@@ -115,6 +126,123 @@ class PgStore:
     async def demo_report(self, task_ids: Sequence[int]) -> dict[str, Any]:
         """The demo's summary data."""
         return await queries.demo_report(self.engine, task_ids)
+
+    # --- ApiReads (db.api_queries) ------------------------------
+    async def create_token(self, name: str, token_hash: str) -> bool:
+        """Store a token's hash under `name`; False if the name is taken."""
+        return await api_queries.create_token(self.engine, name, token_hash)
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        """Token names with when they were made and last used (never the hashes)."""
+        return await api_queries.list_tokens(self.engine)
+
+    async def revoke_token(self, name: str) -> bool:
+        """Delete the token `name`; False if there is none."""
+        return await api_queries.revoke_token(self.engine, name)
+
+    async def has_tokens(self) -> bool:
+        """Whether any token exists."""
+        return await api_queries.has_tokens(self.engine)
+
+    async def token_name(self, token_hash: str) -> str | None:
+        """The name of the token with this hash (noting its use), or None."""
+        return await api_queries.token_name(self.engine, token_hash)
+
+    async def submit_task_once(
+        self, task: NewTask, subtasks: Iterable[SubtaskRow], *, key: str, request_hash: str
+    ) -> Submitted:
+        """Like submit_task, but at most once per `key` (same key, other hash: KeyReused)."""
+        return await api_queries.submit_task_once(
+            self.engine, task, subtasks, key=key, request_hash=request_hash
+        )
+
+    async def list_tasks_page(
+        self, *, status: str | None, limit: int, after: int | None
+    ) -> list[dict[str, Any]]:
+        """Tasks newest first (ids below `after`), optionally of one status; `tasks --json` rows."""
+        return await api_queries.list_tasks_page(
+            self.engine, status=status, limit=limit, after=after
+        )
+
+    async def task_header(self, task_id: int) -> dict[str, Any] | None:
+        """A task's list row (no per-status counts), or None."""
+        return await api_queries.task_header(self.engine, task_id)
+
+    async def manifest_page(self, task_id: int, *, after: int, limit: int) -> list[dict[str, Any]]:
+        """A task's subtasks in ordinal order after `after`, with their images."""
+        return await api_queries.manifest_page(self.engine, task_id, after=after, limit=limit)
+
+    async def stored_image(
+        self, task_id: int, subtask_id: int, index: int
+    ) -> dict[str, Any] | None:
+        """The stored record of image `index` of a completed subtask of `task_id`, or None."""
+        return await api_queries.stored_image(self.engine, task_id, subtask_id, index)
+
+    async def task_changes(
+        self, since: datetime, *, task_id: int | None = None, limit: int = 5000
+    ) -> tuple[datetime, list[dict[str, Any]]]:
+        """The database's now() and the tasks active, or finished since `since`."""
+        return await api_queries.task_changes(self.engine, since, task_id=task_id, limit=limit)
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        return await api_queries.ping(self.engine)
+
+    # --- AlertOutbox (db.outbox) ------------------------------
+    async def claim_events(self, n: int, lease: float) -> list[OutboxEvent]:
+        """Lease up to `n` due events; one another process would take only after `lease` seconds."""
+        return await outbox.claim_events(self.engine, n, lease)
+
+    async def record_attempt(
+        self,
+        event_id: uuid.UUID,
+        attempt: int,
+        targets: Sequence[str],
+        *,
+        state: str,
+        retry_in: float = 0.0,
+        error: str | None = None,
+    ) -> bool:
+        """After attempt `attempt`: add the hooks that took it; state pending/delivered/failed."""
+        return await outbox.record_attempt(
+            self.engine, event_id, attempt, targets, state=state, retry_in=retry_in, error=error
+        )
+
+    async def mark_lost_runners(self, after: float) -> list[dict[str, Any]]:
+        """Runners silent for `after` seconds become 'lost', each with one runner.lost event."""
+        return await outbox.mark_lost_runners(self.engine, after)
+
+    async def provider_pressure(self, window: float) -> dict[str, tuple[int, int]]:
+        """Per provider with any 429/5xx in the last `window` seconds: (those, completions)."""
+        return await outbox.provider_pressure(self.engine, window)
+
+    async def add_degraded(
+        self, payloads: Sequence[Mapping[str, Any]], cooldown: float
+    ) -> list[str]:
+        """provider.degraded events, each unless one for its provider is younger than `cooldown`."""
+        return await outbox.add_degraded(self.engine, payloads, cooldown)
+
+    async def purge(self, *, keep: float, pressure_keep: float) -> int:
+        """Drop events older than `keep` seconds and pressure samples older than `pressure_keep`."""
+        return await outbox.purge(self.engine, keep=keep, pressure_keep=pressure_keep)
+
+    # --- StatusReads (db.status_queries) ------------------------------
+    async def load_status_rows(
+        self,
+        *,
+        now: datetime | None = None,
+        task_limit: int = 20,
+        recent_limit: int = 5,
+        error_limit: int = 5,
+    ) -> StatusRows:
+        """Read every status query in one read-only, consistent transaction."""
+        return await status_queries.load_status_rows(
+            self.engine,
+            now=now,
+            task_limit=task_limit,
+            recent_limit=recent_limit,
+            error_limit=error_limit,
+        )
 
 
 # Checked by mypy: PgStore must keep satisfying both ports.

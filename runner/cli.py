@@ -14,12 +14,12 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.text import Text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import queries
 from db.api_queries import KeyReused
 from db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from db.engine import DatabaseURLError
+from db.records import TaskIsCanceled
+from db.store import PgStore
 from runner import cli_api
 from runner.cli_app import App, err, out, pass_app, print_json
 from runner.config import Environment, load_config
@@ -69,24 +69,24 @@ def submit(
     user = user_id or getpass.getuser()
     show_bar = expansion.total_subtasks >= PROGRESS_THRESHOLD and not as_json
 
-    async def write(engine: AsyncEngine) -> tuple[int, bool]:
+    async def write(store: PgStore) -> tuple[int, bool]:
         if key is not None:
             try:
-                done = await submit_once(engine, expansion, user, key)
+                done = await submit_once(store, expansion, user, key)
             except KeyReused as exc:
                 raise UserError(f"--key {key}: {exc}") from None
             return done.task_id, done.created
         if not show_bar:
-            return await submit_expansion(engine, expansion, user), True
+            return await submit_expansion(store, expansion, user), True
         columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn())
         with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
             job = bar.add_task("writing subtasks", total=expansion.total_subtasks)
             task_id = await submit_expansion(
-                engine, expansion, user, on_progress=lambda n: bar.advance(job, n)
+                store, expansion, user, on_progress=lambda n: bar.advance(job, n)
             )
             return task_id, True
 
-    task_id, created = app.with_engine(write)
+    task_id, created = app.with_store(write)
     if as_json:
         print_json({"task_id": task_id, "created": created, **info})
     elif not created:
@@ -128,7 +128,7 @@ def _print_preview(expansion: Expansion, summary: dict[str, Any], *, as_json: bo
 @pass_app
 def tasks_command(app: App, limit: int, active: bool, as_json: bool) -> None:
     """List tasks, newest first."""
-    rows = app.with_engine(lambda e: queries.list_tasks(e, limit=limit, active_only=active))
+    rows = app.with_store(lambda e: e.list_tasks(limit=limit, active_only=active))
     if as_json:
         print_json([dict(r) for r in rows])
     elif not rows:
@@ -143,7 +143,7 @@ def tasks_command(app: App, limit: int, active: bool, as_json: bool) -> None:
 @pass_app
 def task_command(app: App, task_id: int, as_json: bool) -> None:
     """Show one task: counts by status and its first failures."""
-    task = app.with_engine(lambda e: queries.get_task(e, task_id))
+    task = app.with_store(lambda e: e.get_task(task_id))
     if task is None:
         raise UserError(f"task {task_id}: no such task")
     if as_json:
@@ -162,10 +162,10 @@ def db_group() -> None:
 def db_upgrade(app: App) -> None:
     """Migrate the database to the newest schema."""
 
-    async def noop(engine: AsyncEngine) -> None:
+    async def noop(store: PgStore) -> None:
         return None
 
-    app.with_engine(noop)
+    app.with_store(noop)
     out.print("database is at the newest schema")
 
 
@@ -256,10 +256,7 @@ def run(
             update={"runner": config.runner.model_copy(update={"executor_id": executor_id})}
         )
 
-    async def main(engine: AsyncEngine) -> None:
-        await serve(engine, config, app.env, until_idle=until_idle)
-
-    app.with_engine(main)
+    app.with_engine(lambda engine: serve(engine, config, app.env, until_idle=until_idle))
 
 
 @cli.command()
@@ -268,7 +265,7 @@ def run(
 @pass_app
 def cancel(app: App, task_id: int, as_json: bool) -> None:
     """Cancel a task: pending subtasks now, in-flight ones at their next check."""
-    result = app.with_engine(lambda e: queries.cancel_task(e, task_id))
+    result = app.with_store(lambda e: e.cancel_task(task_id))
     if result is None:
         raise UserError(f"task {task_id}: no such task")
     if as_json:
@@ -287,8 +284,8 @@ def cancel(app: App, task_id: int, as_json: bool) -> None:
 def retry(app: App, task_id: int, as_json: bool) -> None:
     """Put a task's failed subtasks back to pending."""
     try:
-        result = app.with_engine(lambda e: queries.retry_task(e, task_id))
-    except queries.TaskIsCanceled as exc:
+        result = app.with_store(lambda e: e.retry_task(task_id))
+    except TaskIsCanceled as exc:
         raise UserError(f"{exc}; a canceled task cannot be retried, submit it again") from None
     if result is None:
         raise UserError(f"task {task_id}: no such task")
@@ -304,7 +301,7 @@ def retry(app: App, task_id: int, as_json: bool) -> None:
 @pass_app
 def errors(app: App, limit: int, as_json: bool) -> None:
     """Aggregated errors, most frequent first."""
-    rows = app.with_engine(lambda e: queries.top_errors(e, limit))
+    rows = app.with_store(lambda e: e.top_errors(limit))
     if as_json:
         print_json(rows)
     elif not rows:
@@ -374,7 +371,7 @@ def status(app: App, live: bool, as_json: bool, refresh: float) -> None:
 
     if live and as_json:
         raise UserError("status: --live and --json cannot be combined")
-    app.with_engine(lambda e: show_status(e, out, live=live, as_json=as_json, refresh=refresh))
+    app.with_store(lambda e: show_status(e, out, live=live, as_json=as_json, refresh=refresh))
 
 
 @cli.command()
@@ -398,15 +395,14 @@ def demo(app: App, log_level: str, service_ms: float | None) -> None:
 
     setup_logging(log_level, "rich" if out.is_terminal else "json", console=out)
 
-    async def main(engine: AsyncEngine) -> Any:
-        async def view(engine: AsyncEngine, done: anyio.Event) -> None:
-            await watch(engine, out, until=done)
+    async def view(store: PgStore, done: anyio.Event) -> None:
+        await watch(store, out, until=done)
 
-        return await run_demo(
+    summary = app.with_engine(
+        lambda engine: run_demo(
             engine, app.config, app.env, getpass.getuser(), view, service_ms=service_ms
         )
-
-    summary = app.with_engine(main)
+    )
     out.print(demo_summary(summary))
 
 

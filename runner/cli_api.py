@@ -14,7 +14,6 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
-from db import api_queries
 from runner.cli_app import App, err, out, pass_app, print_json
 from runner.errors import UserError
 
@@ -59,7 +58,7 @@ def token_create(app: App, name: str, as_json: bool) -> None:
 
     check_name(name)
     token = new_token()
-    if not app.with_engine(lambda e: api_queries.create_token(e, name, hash_token(token))):
+    if not app.with_store(lambda e: e.create_token(name, hash_token(token))):
         raise UserError(f"token {name}: already exists (revoke it first to replace it)")
     if as_json:
         print_json({"name": name, "token": token})
@@ -73,7 +72,7 @@ def token_create(app: App, name: str, as_json: bool) -> None:
 @pass_app
 def token_list(app: App, as_json: bool) -> None:
     """Token names, when they were made and last used."""
-    rows = app.with_engine(api_queries.list_tokens)
+    rows = app.with_store(lambda store: store.list_tokens())
     if as_json:
         print_json(rows)
         return
@@ -98,7 +97,7 @@ def token_list(app: App, as_json: bool) -> None:
 @pass_app
 def token_revoke(app: App, name: str) -> None:
     """Delete the token NAME: requests bearing it get 401 from now on."""
-    if not app.with_engine(lambda e: api_queries.revoke_token(e, name)):
+    if not app.with_store(lambda e: e.revoke_token(name)):
         raise UserError(f"token {name}: no such token")
     out.print(f"token {name} revoked")
 
@@ -117,7 +116,7 @@ def results(app: App, task_id: int, fmt: str | None, copy_to: Path | None) -> No
     """A task's results: each subtask's prompt, seed, status and images."""
     from runner.results import copy_images, load_manifest, to_csv
 
-    manifest = app.with_engine(lambda e: load_manifest(e, task_id))
+    manifest = app.with_store(lambda e: load_manifest(e, task_id))
     if fmt == "json":
         print_json(manifest)
     elif fmt == "csv":

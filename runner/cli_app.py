@@ -12,6 +12,7 @@ from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import database_url, open_engine
+from db.store import PgStore
 from runner.config import Config, Environment
 from runner.jsonable import jsonable
 
@@ -39,6 +40,10 @@ class App:
 
         with database_url(self.env.home, self.env.database_url) as url:
             return anyio.run(main, url)
+
+    def with_store(self, work: Callable[[PgStore], Awaitable[T]], *, upgrade: bool = True) -> T:
+        """Run `work` on the store over the configured (or embedded) database."""
+        return self.with_engine(lambda engine: work(PgStore(engine)), upgrade=upgrade)
 
 
 pass_app = click.make_pass_decorator(App)

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import queries
+from db.store import PgStore
 from runner.config import Config, Environment, merge_settings
 from runner.service import output_dir, serve
 from runner.spec import expand, load_spec
@@ -39,7 +39,7 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 
 # Shows progress until the event is set; gets the engine to read status from.
-View = Callable[[AsyncEngine, anyio.Event], Coroutine[Any, Any, None]]
+View = Callable[[PgStore, anyio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,13 @@ def demo_config(config: Config, sim_url: str) -> Config:
     return Config.model_validate(data)
 
 
-async def submit_examples(engine: AsyncEngine, config: Config, user_id: str) -> list[int]:
+async def submit_examples(store: PgStore, config: Config, user_id: str) -> list[int]:
     """Queue the example specs; returns their task ids."""
     ids = []
     for name in DEMO_SPECS:
         spec = load_spec(EXAMPLES / name)
         expansion = expand(spec, max_subtasks=config.submit.max_subtasks)
-        ids.append(await submit(engine, expansion, user_id))
+        ids.append(await submit(store, expansion, user_id))
     return ids
 
 
@@ -91,15 +91,16 @@ async def run_demo(
     sim_config = DEMO_SIM if service_ms is None else replace(DEMO_SIM, service_ms=service_ms)
     async with running(sim_config) as sim:
         config = demo_config(config, sim.url)
-        task_ids = await submit_examples(engine, config, user_id)
+        store = PgStore(engine)
+        task_ids = await submit_examples(store, config, user_id)
         done = anyio.Event()
         async with anyio.create_task_group() as group:
-            group.start_soon(view, engine, done)
+            group.start_soon(view, store, done)
             try:
                 await serve(engine, config, env, until_idle=True)
             finally:
                 done.set()
-    report = await queries.demo_report(engine, task_ids)
+    report = await store.demo_report(task_ids)
     images = [Path(path) for path in report["images"]]
     return DemoSummary(
         tasks=report["tasks"],

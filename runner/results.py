@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from db import api_queries
+from db.store import PgStore
 from runner.api.manifest import page
 from runner.errors import UserError
 
@@ -23,15 +21,15 @@ CSV_COLUMNS = ("subtask_id", "ordinal", "seed", "status", "image", "url", "sha25
 CHUNK = 1 << 20  # bytes copied at a time
 
 
-async def load_manifest(engine: AsyncEngine, task_id: int) -> dict[str, Any]:
+async def load_manifest(store: PgStore, task_id: int) -> dict[str, Any]:
     """The full manifest of a task (every page), with each image's local path."""
-    task = await api_queries.task_header(engine, task_id)
+    task = await store.task_header(task_id)
     if task is None:
         raise UserError(f"task {task_id}: no such task")
     subtasks: list[dict[str, Any]] = []
     after = -1
     while True:
-        rows = await api_queries.manifest_page(engine, task_id, after=after, limit=PAGE)
+        rows = await store.manifest_page(task_id, after=after, limit=PAGE)
         chunk = page(task, rows, limit=PAGE, local=True)
         subtasks.extend(chunk["subtasks"])
         if chunk["next_after"] is None:

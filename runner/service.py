@@ -217,12 +217,13 @@ async def serve(
     """Run a runner until a signal (or idle, with `until_idle`); returns the executor."""
     store = ImageStore(output_dir(config, env))
     # Built first: a webhook whose secret variable is unset stops the start (exit 2).
-    alerts = AlertDelivery.from_config(engine, config, env)
+    database = PgStore(engine)
+    alerts = AlertDelivery.from_config(database, config, env)
     pools: dict[str, PoolConfig] = {name: config.pool(name) for name in POOL_NAMES}
     async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
         providers = Providers(config, env, session)
         executor = Executor(
-            PgStore(engine),
+            database,
             make_identity(config),
             config.runner,
             pools,

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from db.status_queries import load_status_rows
+from db.store import PgStore
 from runner.projection import STALE_AFTER, project
 from runner.status_model import StatusSnapshot
 
 
 async def load_status(
-    engine: AsyncEngine,
+    store: PgStore,
     *,
     now: datetime | None = None,
     stale_after: float = STALE_AFTER,
@@ -21,7 +19,7 @@ async def load_status(
     error_limit: int = 5,
 ) -> StatusSnapshot:
     """The status snapshot as of `now` (default: the database's clock), from one transaction."""
-    rows = await load_status_rows(
-        engine, now=now, task_limit=task_limit, recent_limit=recent_limit, error_limit=error_limit
+    rows = await store.load_status_rows(
+        now=now, task_limit=task_limit, recent_limit=recent_limit, error_limit=error_limit
     )
     return project(rows, stale_after=stale_after)

@@ -11,19 +11,19 @@ import anyio
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner.display import render
 from runner.status_model import StatusSnapshot
 from runner.status_read import load_status
 
 
 async def show_status(
-    engine: AsyncEngine, console: Console, *, live: bool, as_json: bool, refresh: float
+    store: PgStore, console: Console, *, live: bool, as_json: bool, refresh: float
 ) -> None:
     """Print the status once (as a view or JSON), or keep a live view until SIGINT/SIGTERM."""
     if not live:
-        snapshot = await load_status(engine)
+        snapshot = await load_status(store)
         if as_json:
             console.out(json.dumps(snapshot.to_json(), indent=2, sort_keys=True), highlight=False)
         else:
@@ -39,7 +39,7 @@ async def show_status(
                     group.cancel_scope.cancel()
 
             group.start_soon(stop_on_signal)
-            await _live_loop(engine, console, refresh)
+            await _live_loop(store, console, refresh)
 
 
 def fit(console: Console, snapshot: StatusSnapshot, height: int) -> RenderableType:
@@ -77,18 +77,18 @@ def _view(
 
 
 async def watch(
-    engine: AsyncEngine,
+    store: PgStore,
     console: Console,
     *,
     until: anyio.Event | None = None,
     refresh: float = 1.0,
 ) -> None:
     """A live view on `console` until `until` is set (its final frame kept) or cancelled."""
-    await _live_loop(engine, console, refresh, until)
+    await _live_loop(store, console, refresh, until)
 
 
 async def _live_loop(
-    engine: AsyncEngine, console: Console, refresh: float, until: anyio.Event | None = None
+    store: PgStore, console: Console, refresh: float, until: anyio.Event | None = None
 ) -> None:
     snapshot: StatusSnapshot | None = None
     with Live(
@@ -104,7 +104,7 @@ async def _live_loop(
             error = None
             try:
                 with anyio.fail_after(max(5.0, 5 * refresh)):
-                    snapshot = await load_status(engine)
+                    snapshot = await load_status(store)
             except Exception as exc:
                 # A restarting database or a dropped connection must not end the view: keep
                 # the last good snapshot on screen under the error and try again next tick.

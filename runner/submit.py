@@ -8,9 +8,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from db import api_queries, queries
+from db import api_queries
+from db.records import NewTask
+from db.store import PgStore
 from runner.config import Config
 from runner.errors import UserError, shown
 from runner.spec import Expansion, Spec, expand
@@ -56,10 +56,10 @@ def request_hash(spec: Spec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def new_task(expansion: Expansion, user_id: str) -> queries.NewTask:
+def new_task(expansion: Expansion, user_id: str) -> NewTask:
     """The task row for an expanded spec."""
     spec = expansion.spec
-    return queries.NewTask(
+    return NewTask(
         name=spec.name,
         user_id=user_id,
         pool=expansion.pool,
@@ -78,23 +78,22 @@ def new_task(expansion: Expansion, user_id: str) -> queries.NewTask:
 
 
 async def submit(
-    engine: AsyncEngine,
+    store: PgStore,
     expansion: Expansion,
     user_id: str,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write the task and all its subtasks in one transaction; returns the task id."""
-    return await queries.submit_task(
-        engine, new_task(expansion, user_id), expansion.rows(), on_progress=on_progress
+    return await store.submit_task(
+        new_task(expansion, user_id), expansion.rows(), on_progress=on_progress
     )
 
 
 async def submit_once(
-    engine: AsyncEngine, expansion: Expansion, user_id: str, key: str
+    store: PgStore, expansion: Expansion, user_id: str, key: str
 ) -> api_queries.Submitted:
     """Submit unless `key` was used before: then the same task (same spec) or KeyReused."""
-    return await api_queries.submit_task_once(
-        engine,
+    return await store.submit_task_once(
         new_task(expansion, user_id),
         expansion.rows(),
         key=key,

@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import aiohttp
 import anyio
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import outbox
 from db.outbox import OutboxEvent
+from db.store import PgStore
 from runner.alerts.policy import next_state, retry_delay
 from runner.alerts.signing import delivery_body
 from runner.alerts.watchdog import Watchdog
@@ -35,23 +34,23 @@ class AlertDelivery:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        store: PgStore,
         settings: AlertSettings,
         hooks: tuple[Hook, ...],
         *,
         watchdog: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.engine = engine
+        self.store = store
         self.settings = settings
         self.hooks = hooks
-        self.watchdog = Watchdog(engine, settings) if watchdog else None
+        self.watchdog = Watchdog(store, settings) if watchdog else None
         self.clock = clock
 
     @classmethod
-    def from_config(cls, engine: AsyncEngine, config: Config, env: Environment) -> AlertDelivery:
+    def from_config(cls, store: PgStore, config: Config, env: Environment) -> AlertDelivery:
         """Built from `[alerts]`; a webhook whose secret variable is unset is a UserError."""
-        return cls(engine, config.alerts, resolve_hooks(config.alerts, env))
+        return cls(store, config.alerts, resolve_hooks(config.alerts, env))
 
     async def run(self) -> None:
         """Deliver, watch and purge forever; failures are logged and retried, never raised."""
@@ -78,8 +77,7 @@ class AlertDelivery:
         full = bool(self.hooks) and await self.deliver_due(session) >= BATCH
         if now >= due["purge"]:
             due["purge"] = now + PURGE_EVERY
-            await outbox.purge(
-                self.engine,
+            await self.store.purge(
                 keep=self.settings.retention,
                 pressure_keep=max(PRESSURE_KEPT, self.settings.degraded_window),
             )
@@ -87,7 +85,7 @@ class AlertDelivery:
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
         """Claim a batch of due events and deliver them concurrently; returns how many."""
-        events = await outbox.claim_events(self.engine, BATCH, self.settings.lease)
+        events = await self.store.claim_events(BATCH, self.settings.lease)
         async with anyio.create_task_group() as group:
             for event in events:
                 group.start_soon(self._deliver, session, event)
@@ -97,22 +95,19 @@ class AlertDelivery:
         age = (event.now - event.created_at).total_seconds()
         if event.attempts == 1 and age > self.settings.max_age:
             # A backlog from before any hook was configured is not worth sending now.
-            await outbox.record_attempt(
-                self.engine, event.id, event.attempts, (), state="failed", error="expired"
+            await self.store.record_attempt(
+                event.id, event.attempts, (), state="failed", error="expired"
             )
             return
         took, errors = await self._post_all(session, event)
         if not errors:
-            await outbox.record_attempt(
-                self.engine, event.id, event.attempts, took, state="delivered"
-            )
+            await self.store.record_attempt(event.id, event.attempts, took, state="delivered")
             return
         settings = self.settings
         retry_in = retry_delay(event.attempts, settings.retry_base, settings.retry_max_delay)
         state = next_state(age, retry_in, settings.max_age)
         reason = "; ".join(sorted(errors))
-        await outbox.record_attempt(
-            self.engine,
+        await self.store.record_attempt(
             event.id,
             event.attempts,
             took,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from db import outbox
+from db.store import PgStore
 from runner.alerts.policy import Pressure, is_degraded
 from runner.config import AlertSettings
 
@@ -29,13 +27,13 @@ def degraded_payload(pressure: Pressure, settings: AlertSettings) -> dict[str, A
 class Watchdog:
     """One step marks lost runners and raises provider.degraded; any process may run it."""
 
-    def __init__(self, engine: AsyncEngine, settings: AlertSettings) -> None:
-        self.engine = engine
+    def __init__(self, store: PgStore, settings: AlertSettings) -> None:
+        self.store = store
         self.settings = settings
 
     async def step(self) -> list[dict[str, Any]]:
         """Look once; returns the payloads of the events it added."""
-        added = await outbox.mark_lost_runners(self.engine, self.settings.runner_lost_after)
+        added = await self.store.mark_lost_runners(self.settings.runner_lost_after)
         for lost in added:
             log.warning(
                 "runner %s lost: no heartbeat for %ss, held %d subtasks",
@@ -47,7 +45,7 @@ class Watchdog:
 
     async def _degraded(self) -> list[dict[str, Any]]:
         settings = self.settings
-        counts = await outbox.provider_pressure(self.engine, settings.degraded_window)
+        counts = await self.store.provider_pressure(settings.degraded_window)
         payloads = [
             degraded_payload(pressure, settings)
             for pressure in (Pressure(p, bad, ok) for p, (bad, ok) in sorted(counts.items()))
@@ -57,7 +55,7 @@ class Watchdog:
         ]
         if not payloads:
             return []
-        raised = set(await outbox.add_degraded(self.engine, payloads, settings.degraded_cooldown))
+        raised = set(await self.store.add_degraded(payloads, settings.degraded_cooldown))
         for payload in payloads:
             if payload["provider"] in raised:
                 log.warning(

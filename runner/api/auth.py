@@ -8,8 +8,7 @@ import secrets
 
 from aiohttp import web
 
-from db import api_queries
-from runner.api.context import ENGINE, TOKEN_NAME
+from runner.api.context import STORE, TOKEN_NAME
 from runner.api.errors import ApiError, Handler
 from runner.errors import UserError
 
@@ -53,7 +52,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     token = bearer(request.headers.get("Authorization"))
-    name = await api_queries.token_name(request.app[ENGINE], hash_token(token)) if token else None
+    name = await request.app[STORE].token_name(hash_token(token)) if token else None
     if name is None:
         raise ApiError(401, "missing or invalid bearer token", "Authorization")
     request[TOKEN_NAME] = name

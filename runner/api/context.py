@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner.config import Config
 
-ENGINE = web.AppKey("engine", AsyncEngine)
+STORE = web.AppKey("store", PgStore)
 CONFIG = web.AppKey("config", Config)
 IMAGES = web.AppKey("images", Path)  # the output directory the runners write images to
 STREAMS = web.AppKey("streams", list[int])  # open /v1/events streams (a one-item counter)

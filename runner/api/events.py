@@ -16,8 +16,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 from aiohttp import web
 
-from db import api_queries
-from runner.api.context import CONFIG, ENGINE, STREAMS
+from runner.api.context import CONFIG, STORE, STREAMS
 from runner.api.errors import ApiError
 from runner.api.feed import FINAL, FeedEvent, TaskFeed, finished_data, sse_frame
 from runner.api.params import MAX_ID, int_param
@@ -47,8 +46,8 @@ def _slot(app: web.Application) -> Iterator[None]:
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream task.progress and task.finished; `?task=ID` follows one task until it finishes."""
     task_id = int_param(request.query, "task", default=None, low=1, high=MAX_ID)
-    engine = request.app[ENGINE]
-    if task_id is not None and await api_queries.task_header(engine, task_id) is None:
+    store = request.app[STORE]
+    if task_id is not None and await store.task_header(task_id) is None:
         raise ApiError(404, f"task {task_id}: not found")
     with _slot(request.app):
         response = web.StreamResponse(
@@ -68,13 +67,13 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, response: web.StreamResponse, task_id: int | None) -> None:
     settings = request.app[CONFIG].api
-    engine = request.app[ENGINE]
+    store = request.app[STORE]
     feed = TaskFeed()
     # Following one task: look it up whatever its age; all tasks: only recent changes.
     since = EPOCH if task_id is not None else datetime.now(UTC) - SLACK
     seq, quiet_since = 0, time.monotonic()
     with anyio.move_on_after(settings.event_stream_seconds):
-        now, rows = await api_queries.task_changes(engine, since, task_id=task_id)
+        now, rows = await store.task_changes(since, task_id=task_id)
         feed.update(rows)
         # Sent once the stream knows where things stand: every change after this is an event.
         await response.write(b"retry: 3000\n\n")
@@ -88,7 +87,7 @@ async def _stream(request: web.Request, response: web.StreamResponse, task_id: i
             if request.transport is None or request.transport.is_closing():
                 return  # the client left: free the slot now, not at the next write
             since = now - SLACK if task_id is None else EPOCH
-            now, rows = await api_queries.task_changes(engine, since, task_id=task_id)
+            now, rows = await store.task_changes(since, task_id=task_id)
             for event in feed.update(rows):
                 seq += 1
                 await response.write(sse_frame(event, seq))

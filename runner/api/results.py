@@ -6,8 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from db import api_queries
-from runner.api.context import ENGINE, IMAGES
+from runner.api.context import IMAGES, STORE
 from runner.api.errors import ApiError
 from runner.api.manifest import page, parse_image_path
 from runner.api.params import int_param, path_id
@@ -25,11 +24,11 @@ async def results(request: web.Request) -> web.Response:
     after = int_param(request.query, "after", default=-1, low=-1, high=MAX_ORDINAL)
     limit = int_param(request.query, "limit", default=500, low=1, high=1000)
     assert after is not None and limit is not None
-    engine = request.app[ENGINE]
-    task = await api_queries.task_header(engine, task_id)
+    store = request.app[STORE]
+    task = await store.task_header(task_id)
     if task is None:
         raise ApiError(404, f"task {task_id}: not found")
-    rows = await api_queries.manifest_page(engine, task_id, after=after, limit=limit)
+    rows = await store.manifest_page(task_id, after=after, limit=limit)
     manifest = page(task, rows, limit=limit)
     cursor = manifest["next_after"]
     return json_response(
@@ -52,7 +51,7 @@ async def image(request: web.Request) -> web.StreamResponse:
     ids = parse_image_path(request.match_info["path"])
     if ids is None:
         raise ApiError(404, "no such image")
-    record = await api_queries.stored_image(request.app[ENGINE], *ids)
+    record = await request.app[STORE].stored_image(*ids)
     path = image_file(request.app[IMAGES], *ids) if record is not None else None
     if record is None or path is None:
         raise ApiError(404, "no such image")

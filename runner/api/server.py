@@ -11,7 +11,7 @@ import anyio
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import api_queries
+from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.api.app import build_app
 from runner.config import Config, Environment
@@ -31,9 +31,9 @@ def is_loopback(host: str) -> bool:
         return False  # a name could resolve to anything
 
 
-async def check_exposure(engine: AsyncEngine, host: str) -> None:
+async def check_exposure(store: PgStore, host: str) -> None:
     """Refuse to listen beyond loopback while no token exists (UserError)."""
-    if not is_loopback(host) and not await api_queries.has_tokens(engine):
+    if not is_loopback(host) and not await store.has_tokens():
         raise UserError(
             f"--host {host}: refusing to listen beyond loopback with no API token;"
             " create one first with `imgrun token create NAME`"
@@ -50,11 +50,12 @@ async def serve_api(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; alert delivery (and its watchdog) runs alongside."""
-    await check_exposure(engine, host)
-    delivery = AlertDelivery.from_config(engine, config, env)  # fails early on a missing secret
-    if not await api_queries.has_tokens(engine):
+    store = PgStore(engine)
+    await check_exposure(store, host)
+    delivery = AlertDelivery.from_config(store, config, env)  # fails early on a missing secret
+    if not await store.has_tokens():
         log.warning("no API tokens yet: every /v1 request gets 401 until `imgrun token create`")
-    runner = web.AppRunner(build_app(engine, config, output_dir(config, env)), access_log=None)
+    runner = web.AppRunner(build_app(store, config, output_dir(config, env)), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import anyio
 from aiohttp import web
 
-from db import api_queries, queries
-from runner.api.context import ENGINE
+from runner.api.context import STORE
 from runner.api.openapi import document
 from runner.api.params import int_param
 from runner.api.tasks import json_response
@@ -20,7 +19,7 @@ HEALTH_TIMEOUT = 3.0  # seconds: a load balancer's probe must get an answer, eve
 @routes.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
     """The same snapshot as `imgrun status --json`."""
-    snapshot = await load_status(request.app[ENGINE])
+    snapshot = await load_status(request.app[STORE])
     return json_response(snapshot.to_json())
 
 
@@ -29,7 +28,7 @@ async def errors(request: web.Request) -> web.Response:
     """Aggregated errors, most frequent first, like `imgrun errors --json`."""
     limit = int_param(request.query, "limit", default=20, low=1, high=1000)
     assert limit is not None
-    return json_response(await queries.top_errors(request.app[ENGINE], limit))
+    return json_response(await request.app[STORE].top_errors(limit))
 
 
 @routes.get("/v1/openapi.json")
@@ -44,7 +43,7 @@ async def healthz(request: web.Request) -> web.Response:
     reachable = False
     with anyio.move_on_after(HEALTH_TIMEOUT):
         try:
-            reachable = await api_queries.ping(request.app[ENGINE])
+            reachable = await request.app[STORE].ping()
         except Exception:
             reachable = False
     body = {"status": "ok" if reachable else "unavailable", "database": reachable}

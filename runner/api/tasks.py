@@ -7,9 +7,10 @@ from typing import Any, Literal
 from aiohttp import web
 from yarl import URL
 
-from db import api_queries, queries
+from db import api_queries
 from db.models import TASK_STATUSES
-from runner.api.context import CONFIG, ENGINE, TOKEN_NAME
+from db.records import TaskIsCanceled
+from runner.api.context import CONFIG, STORE, TOKEN_NAME
 from runner.api.errors import ApiError, split_field
 from runner.api.params import MAX_ID, choice_param, int_param, path_id
 from runner.errors import UserError
@@ -65,17 +66,17 @@ async def create_task(request: web.Request) -> web.Response:
         key = check_key(key, KEY_HEADER) if key is not None else None
     except UserError as exc:
         raise _spec_error(exc, 400) from None
-    engine, user = request.app[ENGINE], request[TOKEN_NAME]
+    store, user = request.app[STORE], request[TOKEN_NAME]
     created = True
     if key is None:
-        task_id = await submit(engine, expansion, user)
+        task_id = await submit(store, expansion, user)
     else:
         try:
-            submitted = await submit_once(engine, expansion, user, key)
+            submitted = await submit_once(store, expansion, user, key)
         except api_queries.KeyReused as exc:
             raise ApiError(409, str(exc), KEY_HEADER) from None
         task_id, created = submitted.task_id, submitted.created
-    task = await api_queries.task_header(engine, task_id)
+    task = await store.task_header(task_id)
     if task is None:  # pruned between the key's lookup and now
         raise ApiError(409, f"task {task_id} of this key no longer exists", KEY_HEADER)
     fields = ("id", "name", "pool", "provider", "total_subtasks", "total_images")
@@ -94,15 +95,13 @@ async def list_tasks(request: web.Request) -> web.Response:
     limit = int_param(query, "limit", default=50, low=1, high=1000)
     after = int_param(query, "after", default=None, low=1, high=MAX_ID)
     assert limit is not None
-    rows = await api_queries.list_tasks_page(
-        request.app[ENGINE], status=status, limit=limit, after=after
-    )
+    rows = await request.app[STORE].list_tasks_page(status=status, limit=limit, after=after)
     headers = next_link(request, int(rows[-1]["id"])) if len(rows) == limit else None
     return json_response(rows, headers=headers)
 
 
 async def _task_or_404(request: web.Request, task_id: int) -> None:
-    if await api_queries.task_header(request.app[ENGINE], task_id) is None:
+    if await request.app[STORE].task_header(task_id) is None:
         raise ApiError(404, f"task {task_id}: not found")
 
 
@@ -110,7 +109,7 @@ async def _task_or_404(request: web.Request, task_id: int) -> None:
 async def show_task(request: web.Request) -> web.Response:
     """One task, like `imgrun task ID --json`."""
     task_id = path_id(request.match_info["id"])
-    task = await queries.get_task(request.app[ENGINE], task_id)
+    task = await request.app[STORE].get_task(task_id)
     if task is None:
         raise ApiError(404, f"task {task_id}: not found")
     return json_response(task)
@@ -120,7 +119,7 @@ async def show_task(request: web.Request) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     """Cancel a task, like `imgrun cancel ID --json`."""
     task_id = path_id(request.match_info["id"])
-    result = await queries.cancel_task(request.app[ENGINE], task_id)
+    result = await request.app[STORE].cancel_task(task_id)
     if result is None:
         raise ApiError(404, f"task {task_id}: not found")
     return json_response(result)
@@ -131,8 +130,8 @@ async def retry_task(request: web.Request) -> web.Response:
     """Requeue a task's failed subtasks, like `imgrun retry ID --json`."""
     task_id = path_id(request.match_info["id"])
     try:
-        result = await queries.retry_task(request.app[ENGINE], task_id)
-    except queries.TaskIsCanceled as exc:
+        result = await request.app[STORE].retry_task(task_id)
+    except TaskIsCanceled as exc:
         raise ApiError(409, f"{exc}; a canceled task cannot be retried") from None
     if result is None:
         raise ApiError(404, f"task {task_id}: not found")

@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import api_queries
+from db.store import PgStore
 from runner.alerts.signing import SIGNATURE_HEADER, verify
 from runner.api.app import build_app
 from runner.api.auth import hash_token, new_token
@@ -65,7 +66,7 @@ async def start_api(
                 tmp_path, database_url, runner_settings(sim_url or "http://127.0.0.1:9", settings)
             )
             images = output_dir(config, env)
-            runner = web.AppRunner(build_app(engine, config, images), access_log=None)
+            runner = web.AppRunner(build_app(PgStore(engine), config, images), access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, "127.0.0.1", 0).start()

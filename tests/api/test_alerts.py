@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import api_queries, outbox, queries
 from db.queries import ErrorRecord
+from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.alerts.policy import target_id
 from runner.alerts.watchdog import Watchdog
@@ -37,7 +38,7 @@ async def delivering(
 ) -> AsyncIterator[AlertDelivery]:
     """A delivery loop running in the background for the block."""
     config, env = make_config(tmp_path, database_url, alert_settings(url, **alerts))
-    delivery = AlertDelivery.from_config(engine, config, with_secret(env))
+    delivery = AlertDelivery.from_config(PgStore(engine), config, with_secret(env))
     async with anyio.create_task_group() as group:
         group.start_soon(delivery.run)
         yield delivery
@@ -168,7 +169,7 @@ async def test_a_hook_gets_only_the_events_it_chose(
     )
     hook = {"url": receiver.url, "secret_env": "HOOK_SECRET", "events": ["error.new"], "timeout": 5}
     config, env = make_config(tmp_path, database_url, alert_settings(receiver.url, webhooks=[hook]))
-    delivery = AlertDelivery.from_config(engine, config, with_secret(env))
+    delivery = AlertDelivery.from_config(PgStore(engine), config, with_secret(env))
     async with anyio.create_task_group() as group:
         group.start_soon(delivery.run)
         await until(lambda: len(receiver.accepted()) == 1)
@@ -237,7 +238,7 @@ async def test_a_silent_runner_is_lost_once(
     await stale_runner(engine, "gone", age=120, held=3)
     await stale_runner(engine, "alive", age=1, held=2)
     config, _ = make_config(tmp_path, database_url, {"alerts": {"runner_lost_after": 40}})
-    watchdog = Watchdog(engine, config.alerts)
+    watchdog = Watchdog(PgStore(engine), config.alerts)
     (lost,) = await watchdog.step()
     assert (lost["executor_id"], lost["subtasks_held"], lost["host"]) == ("gone", 3, "box")
     assert lost["silent_seconds"] >= 120
@@ -290,7 +291,7 @@ async def test_a_provider_with_mostly_429_and_5xx_is_degraded_once_per_cooldown(
     await pressure(engine, "busy", {("RateLimited", "HTTP 429: slow down"): 30})
     await completions(engine, "busy", 100)
     config, _ = make_config(tmp_path, database_url, {})
-    watchdog = Watchdog(engine, config.alerts)
+    watchdog = Watchdog(PgStore(engine), config.alerts)
     (event,) = await watchdog.step()
     assert event == {
         "provider": "sim",
@@ -344,7 +345,7 @@ async def test_a_missing_secret_variable_is_a_user_error(
     with pytest.raises(
         UserError, match=r"alerts.webhooks\[0\].secret_env: the variable HOOK_SECRET"
     ):
-        AlertDelivery.from_config(engine, config, env)
+        AlertDelivery.from_config(PgStore(engine), config, env)
 
 
 async def test_secrets_and_hook_urls_stay_out_of_the_database_and_logs(

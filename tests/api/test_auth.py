@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import api_queries
 from db.engine import make_engine
+from db.store import PgStore
 from runner.api.app import build_app
 from runner.api.auth import hash_token, new_token
 from runner.api.server import check_exposure
@@ -116,8 +117,8 @@ async def test_only_a_hash_of_the_token_is_stored(api: Api, engine: AsyncEngine)
 
 async def test_listening_beyond_loopback_needs_a_token(engine: AsyncEngine) -> None:
     """With no token: loopback is allowed, any other interface is refused; with one, both."""
-    await check_exposure(engine, "127.0.0.1")
+    await check_exposure(PgStore(engine), "127.0.0.1")
     with pytest.raises(UserError, match="refusing to listen beyond loopback"):
-        await check_exposure(engine, "0.0.0.0")
+        await check_exposure(PgStore(engine), "0.0.0.0")
     assert await api_queries.create_token(engine, "ops", hash_token(new_token()))
-    await check_exposure(engine, "0.0.0.0")
+    await check_exposure(PgStore(engine), "0.0.0.0")

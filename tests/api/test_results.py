@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner.results import load_manifest
 from runner.service import serve
 from tests.api.conftest import Api
@@ -106,7 +107,7 @@ async def test_the_cli_manifest_is_the_api_manifest_plus_local_paths(
     """`imgrun results --json` has the same entries, each image also with its file path."""
     api, task_id = done
     _, manifest, _ = await get_json(api, f"/v1/tasks/{task_id}/results")
-    local = json.loads(json.dumps(await load_manifest(engine, task_id), default=str))
+    local = json.loads(json.dumps(await load_manifest(PgStore(engine), task_id), default=str))
     for image in (i for s in local["subtasks"] for i in s["images"]):
         path = Path(image.pop("path"))
         assert path.is_file() and path.is_relative_to(api.images)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
 from db.queries import ErrorRecord
+from db.store import PgStore
 from runner.api.openapi import document
 from runner.jsonable import jsonable
 from runner.status_read import load_status
@@ -320,7 +321,7 @@ async def test_errors_and_status_match_the_cli(api: Api, engine: AsyncEngine) ->
     assert [(e["error_message"], e["count"]) for e in body] == [("boom a", 2)]
     async with api.client.get("/v1/status") as response:
         status = await response.json()
-    expected = (await load_status(engine)).to_json()
+    expected = (await load_status(PgStore(engine))).to_json()
     assert set(status) == set(expected)
     assert [t["id"] for t in status["tasks"]] == [task_id]
 
@@ -329,7 +330,7 @@ async def test_openapi_describes_exactly_the_routes(api: Api, engine: AsyncEngin
     """Every route the app serves is in the document, and the document invents none."""
     from runner.api.app import build_app
 
-    app = build_app(engine, api.config, api.images)
+    app = build_app(PgStore(engine), api.config, api.images)
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

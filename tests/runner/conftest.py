@@ -14,6 +14,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner.config import Config, Environment, load_config, merge_settings
 from tests.conftest import IMGRUN
 from workers.sim.app import RunningSim, running
@@ -155,7 +156,7 @@ async def submit(
             "max_retries": max_retries,
         }
     )
-    return await submit_expansion(engine, expand(spec, max_subtasks=1_000_000), "test")
+    return await submit_expansion(PgStore(engine), expand(spec, max_subtasks=1_000_000), "test")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner import status_view as status_module
 from runner.status_model import StatusSnapshot
 from runner.status_read import load_status
@@ -148,19 +149,19 @@ async def test_live_loop_survives_a_failed_refresh(
     real = load_status
     calls = 0
 
-    async def flaky(engine: AsyncEngine, **kwargs: Any) -> StatusSnapshot:
+    async def flaky(store: PgStore, **kwargs: Any) -> StatusSnapshot:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise ConnectionResetError("database went away")
-        return await real(engine, **kwargs)
+        return await real(store, **kwargs)
 
     monkeypatch.setattr(status_module, "load_status", flaky)
     file = StringIO()
     console = Console(file=file, force_terminal=True, width=140, height=80)
     with anyio.fail_after(20):
         async with anyio.create_task_group() as group:
-            group.start_soon(status_module._live_loop, engine, console, 0.01)
+            group.start_soon(status_module._live_loop, PgStore(engine), console, 0.01)
             while calls < 4:
                 await anyio.sleep(0.01)
             group.cancel_scope.cancel()
@@ -184,7 +185,9 @@ async def test_watch_returns_after_a_final_frame_once_told(
     done = anyio.Event()
     with anyio.fail_after(20):
         async with anyio.create_task_group() as group:
-            group.start_soon(lambda: status_module.watch(engine, console, until=done, refresh=60))
+            group.start_soon(
+                lambda: status_module.watch(PgStore(engine), console, until=done, refresh=60)
+            )
             while "lumina posters" not in file.getvalue():
                 await anyio.sleep(0.01)
             frames = file.getvalue().count("lumina posters")

@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner.display import bar, duration, render, sparkline
 from runner.status_model import StatusSnapshot, TaskProgress
 from runner.status_read import load_status
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def snapshot(engine: AsyncEngine, seeded: Seeded) -> StatusSnapshot:
     """The seeded database's snapshot."""
-    return await load_status(engine, now=seeded.now)
+    return await load_status(PgStore(engine), now=seeded.now)
 
 
 def text_of(snapshot: StatusSnapshot, width: int) -> str:
@@ -124,7 +125,7 @@ def test_duration() -> None:
 
 async def test_empty_snapshot_renders(engine: AsyncEngine) -> None:
     """A brand-new database: no runners, no tasks, nothing breaks."""
-    out = text_of(await load_status(engine), 120)
+    out = text_of(await load_status(PgStore(engine)), 120)
     assert "no active tasks" in out
     assert "no runners" in out
     assert "no runner" in out  # the pools say so too

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner.status_read import load_status
 from tests.status.conftest import Seeded
 
@@ -19,7 +20,7 @@ async def test_pools_are_summed_over_live_runners_with_pending_from_counters(
     engine: AsyncEngine, seeded: Seeded
 ) -> None:
     """Limits/running from live heartbeats only; pending = counters' remaining − in flight."""
-    snapshot = await load_status(engine, now=seeded.now)
+    snapshot = await load_status(PgStore(engine), now=seeded.now)
     pools = {p.name: p for p in snapshot.pools}
     standard, lumina = pools["standard"], pools["lumina"]
 
@@ -42,7 +43,7 @@ async def test_scaling_decisions_merged_newest_first_and_limit_history(
     engine: AsyncEngine, seeded: Seeded
 ) -> None:
     """Every live runner's history, newest first with its executor id; Σ limit over time."""
-    snapshot = await load_status(engine, now=seeded.now)
+    snapshot = await load_status(PgStore(engine), now=seeded.now)
     pools = {p.name: p for p in snapshot.pools}
     lumina = pools["lumina"]
     assert [(d.executor_id, d.limit) for d in lumina.decisions] == [
@@ -65,7 +66,7 @@ async def test_throughput_and_eta_from_the_completion_window(
     engine: AsyncEngine, seeded: Seeded
 ) -> None:
     """Only completions inside each window count, weighted by the task's batch size."""
-    t = (await load_status(engine, now=seeded.now)).throughput
+    t = (await load_status(PgStore(engine), now=seeded.now)).throughput
     # last minute: alpha's 30 s (2 images) + lumina's 10 s (1 image).
     assert t.images_per_min_1m == 3.0
     assert t.subtasks_per_min_1m == 2.0
@@ -81,7 +82,7 @@ async def test_tasks_by_priority_with_rates_and_recent_ones(
     engine: AsyncEngine, seeded: Seeded
 ) -> None:
     """Active tasks by priority desc then id with per-task rate and ETA; then the finished."""
-    snapshot = await load_status(engine, now=seeded.now)
+    snapshot = await load_status(PgStore(engine), now=seeded.now)
     assert snapshot.active_tasks == 3
     assert [t.name for t in snapshot.tasks] == ["lumina posters", "alpha portraits", "waiting task"]
     lumina, alpha, waiting = snapshot.tasks
@@ -104,7 +105,7 @@ async def test_errors_and_executors_with_the_stale_one_flagged(
     engine: AsyncEngine, seeded: Seeded
 ) -> None:
     """Top errors by count; running-but-silent executors flagged; old stopped ones hidden."""
-    snapshot = await load_status(engine, now=seeded.now)
+    snapshot = await load_status(PgStore(engine), now=seeded.now)
     assert [(e.error_type, e.count) for e in snapshot.errors] == [
         ("TimeoutError", 12),
         ("ProviderError", 7),
@@ -122,7 +123,7 @@ async def test_errors_and_executors_with_the_stale_one_flagged(
 
 async def test_a_stale_threshold_can_be_tightened(engine: AsyncEngine, seeded: Seeded) -> None:
     """With a 3 s threshold runner-two (5 s) is stale too and drops out of the sums."""
-    snapshot = await load_status(engine, now=seeded.now, stale_after=3.0)
+    snapshot = await load_status(PgStore(engine), now=seeded.now, stale_after=3.0)
     assert {e.id for e in snapshot.executors if e.stale} == {"runner-two", "runner-stale"}
     standard = next(p for p in snapshot.pools if p.name == "standard")
     assert (standard.limit, standard.executors) == (15, 1)
@@ -132,7 +133,7 @@ async def test_snapshot_is_json_and_defaults_to_the_database_clock(
     engine: AsyncEngine, seeded: Seeded
 ) -> None:
     """to_json() survives json.dumps; without `now` the database's clock is used."""
-    snapshot = await load_status(engine)
+    snapshot = await load_status(PgStore(engine))
     assert snapshot.at >= seeded.now
     data = json.loads(json.dumps(snapshot.to_json()))
     assert data["tasks"][0]["name"] == "lumina posters"
@@ -142,7 +143,7 @@ async def test_snapshot_is_json_and_defaults_to_the_database_clock(
 
 async def test_empty_database(engine: AsyncEngine) -> None:
     """No tasks, no runners: zeros and no ETA, nothing raises."""
-    snapshot = await load_status(engine)
+    snapshot = await load_status(PgStore(engine))
     assert snapshot.active_tasks == 0
     assert (snapshot.tasks, snapshot.recent, snapshot.errors, snapshot.executors) == ((),) * 4
     assert all(p.limit == 0 and p.pending == 0 and p.claimable is None for p in snapshot.pools)

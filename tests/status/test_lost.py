@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.store import PgStore
 from runner.alerts.watchdog import Watchdog
 from runner.config import AlertSettings
 from runner.display import render
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.anyio
 
 async def test_a_lost_runner_is_shown_lost_in_red(engine: AsyncEngine, seeded: Seeded) -> None:
     """runner-stale (60 s silent) becomes LOST: bold red row, counted in the header."""
-    (lost,) = await Watchdog(engine, AlertSettings(runner_lost_after=40)).step()
+    (lost,) = await Watchdog(PgStore(engine), AlertSettings(runner_lost_after=40)).step()
     assert lost["executor_id"] == "runner-stale"
-    snapshot = await load_status(engine, now=seeded.now)
+    snapshot = await load_status(PgStore(engine), now=seeded.now)
     console = Console(record=True, width=140, file=StringIO())
     console.print(render(snapshot, width=140))
     out = console.export_text()
