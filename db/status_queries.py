@@ -4,7 +4,7 @@ Every query here is sized by what is *active* (active tasks, live executors, the
 minutes of completions), never by the whole subtasks table: task counters give progress and
 the queue depth, the partial index ``ix_subtasks_completed_at`` gives the throughput window,
 and the partial lease index gives what is in flight. Turning the rows into rates, ETAs and
-sparklines is pure work and lives on the runner side (runner/projection.py).
+sparklines is pure work and lives on the runner side (runner/view/projection.py).
 """
 
 from __future__ import annotations

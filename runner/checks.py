@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from runner.config import Config, Environment
 from runner.errors import UserError
-from runner.service import provider_config
+from runner.loop.service import provider_config
 from workers.kinds import PROVIDER_POOLS
 from workers.providers.config import ProviderConfigError
 from workers.providers.factory import check_config

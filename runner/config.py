@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runner import spec_limits
 from runner.errors import UserError, shown
-from runner.scaling import PolicyName, ScalingConfig
+from runner.policy.scaling import PolicyName, ScalingConfig
+from runner.spec import limits as spec_limits
 from workers.kinds import PoolName, ProviderType
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, never megabytes

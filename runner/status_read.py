@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from db.store import PgStore
-from runner.projection import STALE_AFTER, project
-from runner.status_model import StatusSnapshot
+from runner.view.model import StatusSnapshot
+from runner.view.projection import STALE_AFTER, project
 
 
 async def load_status(

@@ -13,7 +13,7 @@ from db.records import NewTask
 from db.store import PgStore
 from runner.config import Config
 from runner.errors import UserError, shown
-from runner.spec import Expansion, Spec, expand
+from runner.spec.model import Expansion, Spec, expand
 
 # Printable ASCII without spaces, like the HTTP header it usually arrives in.
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")

@@ -11,7 +11,7 @@ from runner.alerts.policy import target_id
 from runner.alerts.signing import SIGNATURE_HEADER, sign
 from runner.config import AlertSettings, Environment, WebhookSettings
 from runner.errors import UserError
-from runner.fingerprint import redact
+from runner.policy.fingerprint import redact
 
 MAX_ERROR_LEN = 300  # characters of a failure kept in the outbox row
 

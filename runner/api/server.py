@@ -16,7 +16,7 @@ from runner.alerts.delivery import AlertDelivery
 from runner.api.app import build_app
 from runner.config import Config, Environment
 from runner.errors import UserError
-from runner.service import output_dir
+from runner.loop.service import output_dir
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from runner.api.errors import ApiError, split_field
 from runner.api.params import MAX_ID, choice_param, int_param, path_id
 from runner.errors import UserError
 from runner.jsonable import jsonable
-from runner.spec import decode_spec
+from runner.spec.model import decode_spec
 from runner.submit import check_key, prepare, submit, submit_once
 
 routes = web.RouteTableDef()

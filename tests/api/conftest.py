@@ -21,7 +21,7 @@ from runner.alerts.signing import SIGNATURE_HEADER, verify
 from runner.api.app import build_app
 from runner.api.auth import hash_token, new_token
 from runner.config import Config, Environment
-from runner.service import output_dir
+from runner.loop.service import output_dir
 
 # `sim` and `start_sim` are fixtures: importing them here makes them this suite's too.
 from tests.runner.conftest import make_config, runner_settings, sim, start_sim

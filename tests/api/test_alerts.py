@@ -24,7 +24,7 @@ from runner.alerts.watchdog import Watchdog
 from runner.api.events import EPOCH
 from runner.api.feed import finished_data
 from runner.errors import UserError
-from runner.service import serve
+from runner.loop.service import serve
 from tests.api.conftest import SECRET, Receiver, alert_settings, with_secret
 from tests.runner.conftest import make_config, runner_settings, submit, wait_until
 from workers.sim.app import RunningSim

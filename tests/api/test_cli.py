@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.api.auth import hash_token
-from runner.service import serve
+from runner.loop.service import serve
 from tests.api.conftest import SECRET, Receiver
 from tests.cli.test_submit import imgrun
 from tests.conftest import IMGRUN

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.service import serve
+from runner.loop.service import serve
 from tests.api.conftest import Api, ApiFactory
 from tests.runner.conftest import wait_until
 

@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.store import PgStore
+from runner.loop.service import serve
 from runner.results import load_manifest
-from runner.service import serve
 from tests.api.conftest import Api
 
 pytestmark = pytest.mark.anyio

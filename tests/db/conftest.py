@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.records import ClaimedSubtask, Outcome
 from db.store import PgStore
-from runner.classify import LeaseExpired
 from runner.config import RunnerSettings
-from runner.duties import lease_outcomes
+from runner.loop.duties import lease_outcomes
+from runner.policy.classify import LeaseExpired
 
 
 @pytest.fixture

@@ -140,7 +140,7 @@ async def submit(
     prompt: str = "a {x}",
 ) -> int:
     """Queue a task of `n` subtasks through the same path as `imgrun submit`."""
-    from runner.spec import expand, parse_spec
+    from runner.spec.model import expand, parse_spec
     from runner.submit import submit as submit_expansion
 
     variables = {"x": [f"v{i}" for i in range(n)]}

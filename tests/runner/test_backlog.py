@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.store import PgStore
 from runner.config import RunnerSettings
-from runner.duties import reap_once
-from runner.service import serve
+from runner.loop.duties import reap_once
+from runner.loop.service import serve
 from tests.runner.conftest import (
     assert_counters_consistent,
     make_config,

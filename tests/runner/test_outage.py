@@ -11,8 +11,8 @@ import pytest
 
 from db.embedded import EmbeddedPostgres
 from db.engine import open_engine
-from runner.executor import Executor
-from runner.service import serve
+from runner.loop.executor import Executor
+from runner.loop.service import serve
 from tests.runner.conftest import (
     assert_counters_consistent,
     make_config,

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.records import ClaimedSubtask
 from db.store import PgStore
 from runner.config import Config
-from runner.executor import Executor, Identity
+from runner.loop.executor import Executor, Identity
 from tests.runner.conftest import status_counts, submit, wait_until
 from workers.types import ImageRequest, WorkResult
 

@@ -18,8 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
-from runner.executor import Executor
-from runner.service import serve
+from runner.loop.executor import Executor
+from runner.loop.service import serve
 from tests.runner.conftest import (
     assert_counters_consistent,
     make_config,

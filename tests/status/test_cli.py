@@ -22,9 +22,9 @@ from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.store import PgStore
-from runner import status_view as status_module
-from runner.status_model import StatusSnapshot
+from runner.cli import status_view as status_module
 from runner.status_read import load_status
+from runner.view.model import StatusSnapshot
 from tests.conftest import IMGRUN
 from tests.status.conftest import Seeded
 

@@ -11,9 +11,9 @@ from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.store import PgStore
-from runner.display import bar, duration, render, sparkline
-from runner.status_model import StatusSnapshot, TaskProgress
 from runner.status_read import load_status
+from runner.view.display import bar, duration, render, sparkline
+from runner.view.model import StatusSnapshot, TaskProgress
 from tests.status.conftest import Seeded
 
 pytestmark = pytest.mark.anyio
@@ -135,7 +135,7 @@ async def test_empty_snapshot_renders(engine: AsyncEngine) -> None:
 def test_render_is_pure() -> None:
     """Rendering reads only the snapshot: the same input gives the same output."""
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    from runner.status_model import Throughput
+    from runner.view.model import Throughput
 
     snapshot = StatusSnapshot(
         at=at,
@@ -157,7 +157,7 @@ def test_render_is_pure() -> None:
 
 async def test_live_view_fits_a_short_terminal(snapshot: StatusSnapshot) -> None:
     """Trimmed to the height: finished tasks go first, then the lowest-priority active one."""
-    from runner.status_view import fit
+    from runner.cli.status_view import fit
 
     console = Console(width=140, height=200, file=StringIO())
     full = len(console.render_lines(fit(console, snapshot, 200), console.options, pad=False))

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.store import PgStore
 from runner.alerts.watchdog import Watchdog
 from runner.config import AlertSettings
-from runner.display import render
 from runner.status_read import load_status
+from runner.view.display import render
 from tests.status.conftest import Seeded
 
 pytestmark = pytest.mark.anyio

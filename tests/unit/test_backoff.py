@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runner.backoff import (
+from runner.policy.backoff import (
     DEFAULT_RETRY_POLICY,
     MIN_DEFERRAL,
     RetryDecision,

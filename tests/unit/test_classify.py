@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.backoff import SubtaskRetryPolicy
-from runner.classify import Attempt, LeaseExpired, Verdict, classify, pressure_of
+from runner.policy.backoff import SubtaskRetryPolicy
+from runner.policy.classify import Attempt, LeaseExpired, Verdict, classify, pressure_of
 from workers.errors import (
     JobFailed,
     PermanentError,
@@ -98,7 +98,7 @@ def test_the_reaper_decides_expired_leases_by_the_same_rule() -> None:
     """A crash is a retryable failure: backoff base×2^n, failed once retries are used up."""
     from db.records import ExpiredLease
     from runner.config import RunnerSettings
-    from runner.duties import lease_errors, lease_outcomes
+    from runner.loop.duties import lease_errors, lease_outcomes
 
     expired = [
         ExpiredLease(

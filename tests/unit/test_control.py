@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner.config import Config
-from runner.control import (
+from runner.policy.control import (
     ControllerConfig,
     ControllerState,
     Decision,
@@ -25,7 +25,7 @@ from runner.control import (
     on_pressure,
     sane_retry_after,
 )
-from runner.scaling import PoolSignals, QueueDepthPolicy
+from runner.policy.scaling import PoolSignals, QueueDepthPolicy
 
 STANDARD_DEFAULTS = Config().pool("standard").scaling()
 
@@ -601,13 +601,13 @@ def test_latency_band_holds_the_limit_between_flat_and_tolerance() -> None:
 
 
 def test_controller_modules_do_no_io_and_read_no_clock() -> None:
-    """runner/control*.py import nothing that does I/O, sleeps, or reads time or randomness."""
+    """runner/policy/control*.py import nothing doing I/O, sleeping, or reading time or chance."""
     from tests.unit.test_layering import ROOT, imported_packages
 
     impure = {"time", "datetime", "asyncio", "anyio", "aiohttp", "sqlalchemy", "asyncpg", "os"}
     impure |= {"random", "socket", "subprocess", "db", "logging"}
     for name in ("control.py", "control_state.py"):
-        assert imported_packages(ROOT / "runner" / name) & impure == set(), name
+        assert imported_packages(ROOT / "runner" / "policy" / name) & impure == set(), name
 
 
 def test_a_budget_resetting_in_no_time_does_not_bind() -> None:

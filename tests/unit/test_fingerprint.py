@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.fingerprint import MAX_FINGERPRINT_LEN, error_type, fingerprint, redact
+from runner.policy.fingerprint import MAX_FINGERPRINT_LEN, error_type, fingerprint, redact
 
 
 @pytest.mark.parametrize(

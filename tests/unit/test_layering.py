@@ -29,12 +29,18 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            # `from db import queries` imports db.queries
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _shared(module: str) -> bool:
+    return any(module == s or module.startswith(s + ".") for s in SHARED)
 
 
 def imported_packages(path: Path) -> set[str]:
     """Top-level packages a module imports, the shared vocabulary aside."""
-    return {name.split(".")[0] for name in imported_modules(path) - SHARED}
+    return {name.split(".")[0] for name in imported_modules(path) if not _shared(name)}
 
 
 def test_shared_vocabulary_is_a_leaf() -> None:
@@ -53,3 +59,49 @@ def test_package_does_not_import_forbidden_layers(package: str) -> None:
         for path in (ROOT / package).rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+# Under runner/, only the composition roots open the database themselves; everything else
+# reaches it through db.store.PgStore or a db.ports protocol.
+COMPOSITION_ROOTS = {
+    "runner/loop/service.py",
+    "runner/cli/app.py",
+    "runner/cli/demo.py",
+    "runner/api/server.py",
+}
+DATABASE_LIBRARIES = {"sqlalchemy", "asyncpg"}
+
+# Pure decisions and data: no I/O library and no clock; time is an argument.
+PURE = ["runner/policy", "runner/spec", "runner/view/projection.py", "runner/view/model.py"]
+IMPURE_LIBRARIES = {"aiohttp", "sqlalchemy", "asyncpg", "anyio", "asyncio", "time", "socket"}
+
+
+def _runner_files() -> list[Path]:
+    return sorted((ROOT / "runner").rglob("*.py"))
+
+
+def test_only_composition_roots_touch_the_database_directly() -> None:
+    """No runner module but the roots imports SQLAlchemy, asyncpg or the SQL (db.queries)."""
+    offenders = {}
+    for path in _runner_files():
+        rel = str(path.relative_to(ROOT))
+        if rel in COMPOSITION_ROOTS:
+            continue
+        modules = imported_modules(path)
+        bad = {m for m in modules if m.split(".")[0] in DATABASE_LIBRARIES}
+        bad |= {m for m in modules if m == "db.queries" or m.startswith("db.queries.")}
+        if bad:
+            offenders[rel] = sorted(bad)
+    assert offenders == {}
+
+
+def test_pure_modules_do_no_io() -> None:
+    """Policies, the spec and the status projection import no I/O library and no clock."""
+    offenders = {}
+    for entry in PURE:
+        base = ROOT / entry
+        for path in [base] if base.suffix == ".py" else sorted(base.rglob("*.py")):
+            bad = {m for m in imported_modules(path) if m.split(".")[0] in IMPURE_LIBRARIES}
+            if bad:
+                offenders[str(path.relative_to(ROOT))] = sorted(bad)
+    assert offenders == {}

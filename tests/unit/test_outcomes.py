@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from db.queries import ErrorRecord, Outcome
-from runner.outcomes import OutcomeBuffer
+from runner.loop.outcomes import OutcomeBuffer
 
 
 def outcome(subtask_id: int) -> Outcome:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from runner.params import SubtaskParams, image_request
-from runner.spec import expand, parse_spec
+from runner.spec.model import expand, parse_spec
+from runner.spec.params import SubtaskParams, image_request
 
 
 def test_expansion_rows_become_the_requests_they_describe() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from db.snapshots import LimitChange, PoolSnapshot, encode_pools
 from db.status_queries import StatusRows
-from runner.projection import (
+from runner.view.projection import (
     SPARKLINE_POINTS,
     SPARKLINE_SPAN,
     eta,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner.config import Config
-from runner.scaling import (
+from runner.policy.scaling import (
     AdaptivePolicy,
     Decision,
     PoolSignals,

@@ -9,8 +9,8 @@ import pytest
 
 from db.snapshots import LimitChange, PoolSnapshot, decode_pools, encode_pools
 from runner.config import PoolConfig
-from runner.pool import Pool
-from runner.scaling import Decision
+from runner.loop.pool import Pool
+from runner.policy.scaling import Decision
 
 FULL = PoolSnapshot(
     limit=15,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner.errors import UserError
-from runner.spec import expand, parse_spec
+from runner.spec.model import expand, parse_spec
 
 NAMES = st.sampled_from(["a", "b", "c", "d"])
 

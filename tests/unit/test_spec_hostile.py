@@ -11,9 +11,9 @@ import pytest
 
 from runner.config import Config
 from runner.errors import UserError, shown
-from runner.spec import expand, parse_spec
-from runner.spec_limits import MAX_NESTING, SpecLimits
-from runner.spec_loader import load_data, parse_text, read_bounded
+from runner.spec.limits import MAX_NESTING, SpecLimits
+from runner.spec.loader import load_data, parse_text, read_bounded
+from runner.spec.model import expand, parse_spec
 
 
 def rejected_yaml(text: str) -> str:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from db.models import POOLS
 from db.snapshots import LimitChange, PoolSnapshot, decode_pools
 from db.status_queries import RATE_WINDOWS, Row, StatusRows
-from runner.status_model import (
+from runner.view.model import (
     ErrorSummary,
     ExecutorStatus,
     PoolStatus,

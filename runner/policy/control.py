@@ -19,7 +19,8 @@ The adaptive policy:
   each window in a row that saw pressure, so a `Retry-After: 0` storm still backs off;
 - x-ratelimit-remaining/reset caps the limit at the request rate the budget can sustain,
   before the 429.
-`queue-depth` is the seed's rule exactly (shared with runner/scaling.py); `fixed` never moves.
+`queue-depth` is the seed's rule exactly (shared with runner/policy/scaling.py);
+`fixed` never moves.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from runner.control_state import (
+from runner.policy.control_state import (
     POLICIES,
     SIGNALS,
     ControllerConfig,
@@ -40,7 +41,7 @@ from runner.control_state import (
     initial_state,
     is_paused,
 )
-from runner.scaling import seed_scale_down, seed_scale_up
+from runner.policy.scaling import seed_scale_down, seed_scale_up
 from workers.headers import ABSURD_SECONDS
 
 __all__ = [

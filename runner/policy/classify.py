@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from db.records import OutcomeKind
-from runner.backoff import SubtaskRetryPolicy, decide_failure
-from runner.fingerprint import error_type, fingerprint, redact
-from runner.scaling import PressureKind
+from runner.policy.backoff import SubtaskRetryPolicy, decide_failure
+from runner.policy.fingerprint import error_type, fingerprint, redact
+from runner.policy.scaling import PressureKind
 from workers.errors import ProviderError, ProviderTimeout, RateLimited
 
 

@@ -14,11 +14,11 @@ import anyio
 
 from db.ports import RunnerStore
 from db.records import ErrorRecord, ExpiredLease, Outcome
-from runner.backoff import SubtaskRetryPolicy
-from runner.classify import Attempt, LeaseExpired, classify
 from runner.config import RunnerSettings
-from runner.pool import Pool, Wakeup
-from runner.scaling import Decision
+from runner.loop.pool import Pool, Wakeup
+from runner.policy.backoff import SubtaskRetryPolicy
+from runner.policy.classify import Attempt, LeaseExpired, classify
+from runner.policy.scaling import Decision
 
 log = logging.getLogger(__name__)
 

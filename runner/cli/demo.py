@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.store import PgStore
 from runner.config import Config, Environment, merge_settings
-from runner.service import output_dir, serve
-from runner.spec import expand, load_spec
+from runner.loop.service import output_dir, serve
+from runner.spec.model import expand, load_spec
 from runner.submit import submit
 from workers.sim.app import running
 from workers.sim.config import SimConfig
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEMO_SPECS = ("fox-portraits.yaml", "lumina-posters.yaml")
 
 # A few faults so retries, backpressure and error aggregation have something to show.

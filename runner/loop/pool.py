@@ -11,7 +11,7 @@ import anyio
 
 from db.snapshots import LimitChange, PoolSnapshot
 from runner.config import PoolConfig
-from runner.scaling import Decision, PoolSignals, ScalingPolicy, make_policy
+from runner.policy.scaling import Decision, PoolSignals, ScalingPolicy, make_policy
 
 HISTORY = 20  # scaling decisions kept for the status view
 LATENCY_SAMPLE = 1024  # latest latencies kept per window: p50 needs no more, memory stays flat

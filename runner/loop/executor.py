@@ -15,16 +15,16 @@ import tenacity
 from db.engine import is_transient_db_error
 from db.ports import RunnerStore
 from db.records import ClaimedSubtask, ErrorRecord, Outcome
-from runner import duties
-from runner.backoff import SubtaskRetryPolicy
-from runner.classify import Attempt, classify, pressure_of
 from runner.config import PoolConfig, RunnerSettings
-from runner.fingerprint import redact
-from runner.metrics import Metrics
-from runner.outcomes import OutcomeBuffer, Release
-from runner.params import image_request
-from runner.pool import Pool, Wakeup
-from runner.scaling import Decision, PressureKind
+from runner.loop import duties
+from runner.loop.metrics import Metrics
+from runner.loop.outcomes import OutcomeBuffer, Release
+from runner.loop.pool import Pool, Wakeup
+from runner.policy.backoff import SubtaskRetryPolicy
+from runner.policy.classify import Attempt, classify, pressure_of
+from runner.policy.fingerprint import redact
+from runner.policy.scaling import Decision, PressureKind
+from runner.spec.params import image_request
 from workers.errors import Canceled, ProviderError, RateLimited
 from workers.types import ImageRequest, WorkResult
 
@@ -425,7 +425,7 @@ class Executor:
             any(p.running for p in self.pools.values()) or self.buffer or self._flush_lock.locked()
         )
 
-    # --- what the periodic duties (runner/duties.py) use ------------------------
+    # --- what the periodic duties (runner/loop/duties.py) use ------------------------
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Every pool's state, encoded for the executors row."""

@@ -14,7 +14,7 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
-from runner.cli_app import App, err, out, pass_app, print_json
+from runner.cli.app import App, err, out, pass_app, print_json
 from runner.errors import UserError
 
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
@@ -28,7 +28,7 @@ LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 def serve(app: App, host: str | None, port: int | None, log_level: str) -> None:
     """Serve the HTTP API (and deliver alerts) until Ctrl-C."""
     from runner.api.server import serve_api
-    from runner.logs import setup_logging
+    from runner.cli.logs import setup_logging
 
     setup_logging(log_level)
     settings = app.config.api

@@ -20,14 +20,14 @@ from db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from db.engine import DatabaseURLError
 from db.records import TaskIsCanceled
 from db.store import PgStore
-from runner import cli_api
-from runner.cli_app import App, err, out, pass_app, print_json
+from runner.cli import api_commands as cli_api
+from runner.cli.app import App, err, out, pass_app, print_json
 from runner.config import Environment, load_config
 from runner.errors import UserError, one_line, shown
-from runner.spec import Expansion, load_spec
+from runner.spec.model import Expansion, load_spec
 from runner.submit import check_key, prepare, submit_once, summary
 from runner.submit import submit as submit_expansion
-from runner.views import demo_summary, errors_table, task_detail, tasks_table
+from runner.view.tables import demo_summary, errors_table, task_detail, tasks_table
 
 PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is worth drawing
 PREVIEW_SUBTASKS = 5  # subtasks a dry run shows
@@ -176,7 +176,7 @@ def db_upgrade(app: App) -> None:
 @pass_app
 def db_url(app: App, hold: bool) -> None:
     """Print the database URL in use (starting the embedded server if that is the one)."""
-    from runner.dbshell import wait_for_stop
+    from runner.cli.dbshell import wait_for_stop
 
     if app.env.database_url:
         click.echo(app.env.database_url)
@@ -208,7 +208,7 @@ def db_shell(app: App, psql_args: tuple[str, ...]) -> None:
     """psql on the database in use (extra arguments go to psql); the server stays up meanwhile."""
     from db.engine import normalise_url
     from db.pgconf import libpq_env
-    from runner.dbshell import run_psql
+    from runner.cli.dbshell import run_psql
 
     if app.env.database_url:
         status = run_psql(os.environ, libpq_env(normalise_url(app.env.database_url)), psql_args)
@@ -244,8 +244,8 @@ def run(
 ) -> None:
     """Run the long-running runner: claim subtasks and generate their images."""
     from runner.checks import validate_providers
-    from runner.logs import setup_logging
-    from runner.service import serve
+    from runner.cli.logs import setup_logging
+    from runner.loop.service import serve
 
     # Every provider, before the database is even opened: a typo must not fail claimed work.
     validate_providers(app.config, app.env)
@@ -339,7 +339,7 @@ def sim(capacity_schedule: str | None, **options: Any) -> None:
     Live changes: POST /_sim/config with JSON of any of capacity, service_ms, queue_limit,
     rpm, error_rate, rate_limit_rate.
     """
-    from runner.logs import setup_logging
+    from runner.cli.logs import setup_logging
     from workers.sim.app import run as run_sim
     from workers.sim.config import SimConfig
     from workers.sim.schedule import parse_schedule
@@ -367,7 +367,7 @@ def sim(capacity_schedule: str | None, **options: Any) -> None:
 @pass_app
 def status(app: App, live: bool, as_json: bool, refresh: float) -> None:
     """Pools, throughput, ETA, task progress, top errors and runners (from the database)."""
-    from runner.status_view import show_status
+    from runner.cli.status_view import show_status
 
     if live and as_json:
         raise UserError("status: --live and --json cannot be combined")
@@ -389,9 +389,9 @@ def status(app: App, live: bool, as_json: bool, refresh: float) -> None:
 @pass_app
 def demo(app: App, log_level: str, service_ms: float | None) -> None:
     """Run the simulated API, the example tasks and a runner, with the live view, to completion."""
-    from runner.demo import run_demo
-    from runner.logs import setup_logging
-    from runner.status_view import watch
+    from runner.cli.demo import run_demo
+    from runner.cli.logs import setup_logging
+    from runner.cli.status_view import watch
 
     setup_logging(log_level, "rich" if out.is_terminal else "json", console=out)
 

@@ -24,10 +24,10 @@ from pydantic import (
 
 from runner.config import describe_validation_error
 from runner.errors import UserError, shown
-from runner.params import row_json, shared_json
-from runner.spec_limits import DEFAULT_LIMITS, MAX_INT, MAX_SPEC_BYTES, SpecLimits
-from runner.spec_loader import Format, load_data, parse_text
-from runner.spec_size import check_sizes
+from runner.spec.limits import DEFAULT_LIMITS, MAX_INT, MAX_SPEC_BYTES, SpecLimits
+from runner.spec.loader import Format, load_data, parse_text
+from runner.spec.params import row_json, shared_json
+from runner.spec.size import check_sizes
 from workers.kinds import PoolName, Ratio
 
 MAX_SEED = 2**31 - 1

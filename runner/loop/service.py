@@ -20,7 +20,7 @@ from db.records import ClaimedSubtask
 from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, PoolConfig, ProviderSettings
-from runner.executor import Executor, Identity, Work
+from runner.loop.executor import Executor, Identity, Work
 from workers.errors import PermanentError
 from workers.kinds import LUMINA, POOL_NAMES, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling

@@ -16,7 +16,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from runner.errors import UserError, shown
-from runner.spec_limits import MAX_NESTING, MAX_NUMBER_CHARS, MAX_SPEC_BYTES
+from runner.spec.limits import MAX_NESTING, MAX_NUMBER_CHARS, MAX_SPEC_BYTES
 
 Format = Literal["yaml", "json"]
 

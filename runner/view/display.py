@@ -11,14 +11,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from runner.status_model import (
+from runner.view.model import (
     ErrorSummary,
     ExecutorStatus,
     PoolStatus,
     StatusSnapshot,
     TaskProgress,
 )
-from runner.views import STATUS_STYLE, age
+from runner.view.tables import STATUS_STYLE, age
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 NARROW = 120  # columns; below this the bars and sparklines shrink

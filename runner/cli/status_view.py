@@ -13,9 +13,9 @@ from rich.live import Live
 from rich.text import Text
 
 from db.store import PgStore
-from runner.display import render
-from runner.status_model import StatusSnapshot
 from runner.status_read import load_status
+from runner.view.display import render
+from runner.view.model import StatusSnapshot
 
 
 async def show_status(

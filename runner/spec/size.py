@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from runner.errors import UserError, shown
-from runner.spec_limits import SpecLimits
+from runner.spec.limits import SpecLimits
 
 
 @dataclass(frozen=True)

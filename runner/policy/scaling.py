@@ -199,7 +199,7 @@ class _PolicyBase:
 
 
 # The seed's rule as two pure functions, shared by the pool policies here and the provider
-# controller (runner/control.py).
+# controller (runner/policy/control.py).
 # The seed compares `now - last > interval` on a 10 s setInterval whose callbacks fire a few
 # ms late, so in practice it stepped every 60 s. With an exact clock a strict `>` would step
 # every 70 s instead, so we use `>=` to keep the seed's observed cadence.

@@ -1,6 +1,6 @@
 """The provider controller's data: its config, its JSON-stored state, a window's statistics.
 
-Pure values; the rules that move them are in runner/control.py.
+Pure values; the rules that move them are in runner/policy/control.py.
 """
 
 from __future__ import annotations

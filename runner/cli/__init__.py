@@ -1,0 +1,5 @@
+"""The `imgrun` command line."""
+
+from runner.cli.commands import cli, main
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,1 @@
+"""The runner process: claim, dispatch, record outcomes, periodic duties, wiring."""

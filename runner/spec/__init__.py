@@ -1,0 +1,1 @@
+"""The submit spec: model and expansion, bounds, loader, and the params it writes (pure)."""

@@ -1,0 +1,1 @@
+"""What the operator sees: the status projection (pure) and its rich rendering."""
