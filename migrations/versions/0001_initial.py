@@ -19,6 +19,14 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """Apply this revision."""
+    _error_logs()
+    _executors()
+    _tasks()
+    _subtasks()
+
+
+def _error_logs() -> None:
+    """Aggregated failures, one row per (type, fingerprint)."""
     op.create_table(
         "error_logs",
         sa.Column("id", sa.BigInteger(), nullable=False),
@@ -46,6 +54,10 @@ def upgrade() -> None:
             "error_type", "error_message", name=op.f("uq_error_logs_error_type_error_message")
         ),
     )
+
+
+def _executors() -> None:
+    """Registered runners and their heartbeats."""
     op.create_table(
         "executors",
         sa.Column("id", sa.Text(), nullable=False),
@@ -75,6 +87,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_executors")),
     )
+
+
+def _tasks() -> None:
+    """Submitted tasks and their counters."""
     op.create_table(
         "tasks",
         sa.Column("id", sa.BigInteger(), nullable=False),
@@ -117,6 +133,10 @@ def upgrade() -> None:
         ["status", sa.literal_column("priority DESC"), "id"],
         unique=False,
     )
+
+
+def _subtasks() -> None:
+    """The unit that is claimed, with its claim, lease and throughput indexes."""
     op.create_table(
         "subtasks",
         sa.Column("id", sa.BigInteger(), nullable=False),
@@ -163,6 +183,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subtasks")),
         sa.UniqueConstraint("task_id", "ordinal", name=op.f("uq_subtasks_task_id_ordinal")),
     )
+    _subtask_indexes()
+
+
+def _subtask_indexes() -> None:
+    """The claim index (one scan in claim order), the reaper's and the throughput view's."""
     op.create_index(
         "ix_subtasks_claim",
         "subtasks",

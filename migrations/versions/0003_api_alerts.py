@@ -96,6 +96,13 @@ TRIGGERS = (
 
 
 def _tables() -> None:
+    _api_tokens()
+    _submissions()
+    _outbox()
+    _provider_pressure()
+
+
+def _api_tokens() -> None:
     op.create_table(
         "api_tokens",
         sa.Column("id", sa.BigInteger(), nullable=False),
@@ -112,6 +119,9 @@ def _tables() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_api_tokens_name")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
     )
+
+
+def _submissions() -> None:
     op.create_table(
         "submissions",
         sa.Column("key", sa.Text(), nullable=False),
@@ -129,6 +139,9 @@ def _tables() -> None:
         sa.PrimaryKeyConstraint("key", name=op.f("pk_submissions")),
     )
     op.create_index("ix_submissions_task_id", "submissions", ["task_id"], unique=False)
+
+
+def _outbox() -> None:
     op.create_table(
         "outbox",
         sa.Column("id", sa.Uuid(), server_default=sa.text("gen_random_uuid()"), nullable=False),
@@ -169,6 +182,9 @@ def _tables() -> None:
         postgresql_where=sa.text("state = 'pending'"),
     )
     op.create_index("ix_outbox_event_created_at", "outbox", ["event", "created_at"], unique=False)
+
+
+def _provider_pressure() -> None:
     op.create_table(
         "provider_pressure",
         sa.Column("id", sa.BigInteger(), nullable=False),
