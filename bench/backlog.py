@@ -36,11 +36,16 @@ SAMPLE_SQL = text(
     """
     SELECT (SELECT coalesce(sum(completed_subtasks), 0) FROM tasks) AS completed,
            (SELECT count(*) FROM subtasks WHERE status = 'processing') AS processing,
-           (SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)
-              FROM pg_stat_activity
-             WHERE state = 'active' AND pid <> pg_backend_pid()
-               AND backend_type = 'client backend' AND datname = current_database()
-               AND query NOT LIKE 'LISTEN%') AS longest
+           a.longest, a.query
+    FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+        SELECT extract(epoch FROM clock_timestamp() - query_start) AS longest,
+               left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 60) AS query
+        FROM pg_stat_activity
+        WHERE state = 'active' AND pid <> pg_backend_pid()
+          AND backend_type = 'client backend' AND datname = current_database()
+          AND query NOT LIKE 'LISTEN%'
+        ORDER BY query_start LIMIT 1
+    ) AS a ON true
     """
 )
 
@@ -54,6 +59,7 @@ class Drain:
     progress: list[tuple[float, int]] = field(default_factory=list)  # (seconds, completed)
     most_held: int = 0
     longest_statement: float = 0.0
+    longest_query: str = ""
     rss_at_tenth: int | None = None  # bytes, summed over runners
     last_rss: dict[int, int] = field(default_factory=dict)  # pid -> bytes, last seen alive
 
@@ -98,7 +104,8 @@ async def watch(url: str, drain: Drain, runners: list[subprocess.Popen[bytes]]) 
                 now = time.monotonic() - drain.started
                 drain.progress.append((now, int(row.completed)))
                 drain.most_held = max(drain.most_held, int(row.processing))
-                drain.longest_statement = max(drain.longest_statement, float(row.longest))
+                if row.longest is not None and row.longest > drain.longest_statement:
+                    drain.longest_statement, drain.longest_query = float(row.longest), row.query
                 memory = rss(pids)
                 if drain.rss_at_tenth is None and row.completed >= drain.total // 10:
                     drain.rss_at_tenth = sum(memory.values())
@@ -140,7 +147,10 @@ def report(n: int, drain: Drain) -> None:
     print(f"\n{n} runner(s), {drain.total:,} subtasks in {elapsed:.1f} s")
     print("  rate per tenth (subtasks/s): " + " ".join(f"{r:,.0f}" for r in rates))
     print(f"  last tenth / first tenth: {rates[-1] / rates[0]:.2f}")
-    print(f"  longest statement seen: {drain.longest_statement * 1000:.0f} ms")
+    print(
+        f"  longest statement seen: {drain.longest_statement * 1000:.0f} ms"
+        f" ({drain.longest_query.strip()}…)"
+    )
     print(
         f"  runners' RSS: {(drain.rss_at_tenth or 0) / mb:.1f} MB at 10 %,"
         f" {drain.rss_at_end / mb:.1f} MB at the end"
