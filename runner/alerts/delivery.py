@@ -52,21 +52,30 @@ class AlertDelivery:
         """Built from `[alerts]`; a webhook whose secret variable is unset is a UserError."""
         return cls(store, config.alerts, resolve_hooks(config.alerts, env))
 
-    async def run(self) -> None:
-        """Deliver, watch and purge forever; failures are logged and retried, never raised."""
-        due = {"watch": 0.0, "purge": 0.0}
+    async def run(self, session: aiohttp.ClientSession | None = None) -> None:
+        """Deliver, watch and purge forever; failures are logged and retried, never raised.
+
+        A runner passes its one HTTP session; `imgrun serve` has none and gets its own.
+        """
+        if session is not None:
+            await self._loop(session)
+            return
         connector = aiohttp.TCPConnector(limit=BATCH * max(1, len(self.hooks)))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            while True:
-                full = False
-                try:
-                    full = await self.tick(session, due)
-                except Exception as exc:
-                    # A database restart or a bug here must not take the runner down with it.
-                    first = (str(exc).strip().splitlines() or [""])[0][:200]
-                    log.warning("alerts: %s: %s; trying again", type(exc).__name__, first)
-                if not full:
-                    await anyio.sleep(self.settings.interval)
+        async with aiohttp.ClientSession(connector=connector) as own:
+            await self._loop(own)
+
+    async def _loop(self, session: aiohttp.ClientSession) -> None:
+        due = {"watch": 0.0, "purge": 0.0}
+        while True:
+            full = False
+            try:
+                full = await self.tick(session, due)
+            except Exception as exc:
+                # A database restart or a bug here must not take the runner down with it.
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                log.warning("alerts: %s: %s; trying again", type(exc).__name__, first)
+            if not full:
+                await anyio.sleep(self.settings.interval)
 
     async def tick(self, session: aiohttp.ClientSession, due: dict[str, float]) -> bool:
         """One round of every duty that is due; True when a full batch was delivered."""

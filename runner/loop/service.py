@@ -236,7 +236,7 @@ async def serve(
             on_start(executor)
         async with anyio.create_task_group() as group:
             group.start_soon(_signals, executor, group.cancel_scope)
-            group.start_soon(alerts.run)
+            group.start_soon(alerts.run, session)
             if config.runner.metrics_port is not None:
                 group.start_soon(
                     _serve_metrics, executor, config.runner.metrics_host, config.runner.metrics_port
