@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,8 @@ Work = Callable[
     [ClaimedSubtask, ImageRequest, Callable[[str], Awaitable[None]], Callable[[], Awaitable[bool]]],
     Awaitable[WorkResult],
 ]
+# Removes the files of completions the fence dropped (a stale holder's): nobody records them.
+Discard = Callable[[Sequence[Outcome]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Executor:
         work: Work,
         *,
         secrets: tuple[str, ...] = (),
+        discard: Discard | None = None,
         until_idle: bool = False,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -74,6 +77,7 @@ class Executor:
         self.pools = {name: Pool(name, config, clock()) for name, config in pools.items()}
         self.work = work
         self.secrets = secrets
+        self.discard = discard
         self.until_idle = until_idle
         self.metrics = metrics or Metrics()
         self.stop_requested = anyio.Event()
@@ -405,9 +409,11 @@ class Executor:
         """Write everything buffered, one bounded batch per transaction."""
         async with self._flush_lock:
             while batch := self.buffer.take():
+                dropped: list[Outcome] = []
                 try:
                     if batch.entries:
-                        await self.store.apply_outcomes(batch.outcomes)
+                        stands = set(await self.store.apply_outcomes(batch.outcomes))
+                        dropped = [o for o in batch.outcomes if o.subtask_id not in stands]
                     if batch.errors:
                         for kind, message in await self.store.record_errors(batch.errors):
                             log.warning("new error: %s: %s", kind, message)
@@ -417,6 +423,19 @@ class Executor:
                     self.buffer.put_back(batch)
                     raise
                 batch.release()
+                await self._discard(dropped)
+
+    async def _discard(self, dropped: Sequence[Outcome]) -> None:
+        """Log the outcomes the fence dropped and remove the files of dropped completions."""
+        if not dropped:
+            return
+        log.info("%d outcomes dropped: their leases had passed to another attempt", len(dropped))
+        if self.discard is not None:
+            try:
+                await self.discard([o for o in dropped if o.kind == "completed"])
+            except OSError as exc:
+                # Left behind, they are swept by the subtask's next attempt or a prune.
+                log.warning("could not remove a dropped attempt's images: %s", exc)
 
     @property
     def busy(self) -> bool:
