@@ -17,6 +17,7 @@ from db.ports import RunnerStore
 from db.records import ClaimedSubtask, ErrorRecord, Outcome
 from runner.config import PoolConfig, RunnerSettings
 from runner.loop import duties
+from runner.loop.journal import Journal
 from runner.loop.metrics import Metrics
 from runner.loop.outcomes import OutcomeBuffer, Release
 from runner.loop.pool import Pool, Wakeup
@@ -66,6 +67,7 @@ class Executor:
         *,
         secrets: tuple[str, ...] = (),
         discard: Discard | None = None,
+        journal: Journal | None = None,
         until_idle: bool = False,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -78,6 +80,7 @@ class Executor:
         self.work = work
         self.secrets = secrets
         self.discard = discard
+        self.journal = journal
         self.until_idle = until_idle
         self.metrics = metrics or Metrics()
         self.stop_requested = anyio.Event()
@@ -112,6 +115,7 @@ class Executor:
         """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
         i = self.identity
         await self.store.register_executor(i.executor_id, i.group, i.host, i.pid, i.version)
+        await self._replay_journals()
         log.info(
             "runner %s started (pools: %s)",
             self.executor_id,
@@ -139,6 +143,14 @@ class Executor:
 
     async def _finish(self) -> None:
         """Record what is left and mark ourselves stopped, within FINAL_FLUSH_TIMEOUT."""
+        try:
+            await self._final_flush()
+        finally:
+            # Whatever could not be recorded (database down or hung, a second signal) goes
+            # to the journal; the next runner on this home records it.
+            self._journal_leftovers()
+
+    async def _final_flush(self) -> None:
         # Shielded from the caller's cancellation, but bounded, and abort() cuts it short:
         # a hung database must never keep a stopping runner alive.
         with anyio.CancelScope(shield=True) as scope:
@@ -155,10 +167,47 @@ class Executor:
                 with attempt:
                     await self._flush()
                     await self.store.mark_executor_stopped(self.executor_id, self.snapshot())
-        if self.buffer.outcomes_waiting:
+
+    def _journal_leftovers(self) -> None:
+        """Write the outcomes still buffered to the journal (synchronously: we are exiting)."""
+        left = self.buffer.waiting()
+        if not left:
+            return
+        if self.journal is None:
             log.warning(
                 "exiting with %d outcomes unrecorded: their leases return them to pending",
-                self.buffer.outcomes_waiting,
+                len(left),
+            )
+            return
+        try:
+            path = self.journal.write(left)
+        except OSError as exc:
+            log.error("exiting with %d outcomes unrecorded (journal: %s)", len(left), exc)
+            return
+        log.warning(
+            "exiting with %d outcomes unrecorded: kept in %s for the next start", len(left), path
+        )
+
+    async def _replay_journals(self) -> None:
+        """Record the outcomes earlier runners on this home journaled (fenced: harmless)."""
+        if self.journal is None:
+            return
+        for path in await anyio.to_thread.run_sync(self.journal.pending):
+            outcomes = await anyio.to_thread.run_sync(self.journal.load, path)
+            if outcomes is None:
+                continue
+            stood = 0
+            for start in range(0, len(outcomes), self.buffer.max_batch):
+                chunk = outcomes[start : start + self.buffer.max_batch]
+                stands = set(await self.store.apply_outcomes(chunk))
+                stood += len(stands)
+                await self._discard([o for o in chunk if o.subtask_id not in stands])
+            self.journal.remove(path)
+            log.info(
+                "journal %s replayed: %d outcomes recorded, %d dropped by the fence",
+                path.name,
+                stood,
+                len(outcomes) - stood,
             )
 
     async def _resilient(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:

@@ -21,6 +21,7 @@ from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, PoolConfig, ProviderSettings
 from runner.loop.executor import Discard, Executor, Identity, Work
+from runner.loop.journal import Journal
 from workers.errors import PermanentError
 from workers.kinds import LUMINA, POOL_NAMES, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling
@@ -234,14 +235,16 @@ async def serve(
     pools: dict[str, PoolConfig] = {name: config.pool(name) for name in POOL_NAMES}
     async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
         providers = Providers(config, env, session)
+        identity = make_identity(config)
         executor = Executor(
             database,
-            make_identity(config),
+            identity,
             config.runner,
             pools,
             make_work(config, providers, store),
             secrets=providers.secrets(),
             discard=make_discard(store),
+            journal=Journal(env.home, identity.executor_id, identity.pid),
             until_idle=until_idle,
         )
         providers.on_retry = executor.observe_retry
