@@ -121,24 +121,27 @@ class Executor:
             self.executor_id,
             ", ".join(f"{p.name} limit {p.limiter.total_tokens}" for p in self.pools.values()),
         )
-        async with anyio.create_task_group() as services:
-            services.start_soon(self.store.listen, self._on_notify)
-            services.start_soon(self._resilient, self._flush_loop)
-            for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
-                services.start_soon(self._resilient, duty, self)
-            if self.until_idle:
-                services.start_soon(self._resilient, duties.idle_loop, self)
-            async with anyio.create_task_group() as work:
-                self._work_group = work
-                async with anyio.create_task_group() as claimers:
-                    for pool in self.pools.values():
-                        claimers.start_soon(self._resilient, self._claim_loop, pool)
-                    await self.stop_requested.wait()
-                    claimers.cancel_scope.cancel()
-                await self._drain()
-                work.cancel_scope.cancel()
-            services.cancel_scope.cancel()
-        await self._finish()
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self.store.listen, self._on_notify)
+                services.start_soon(self._resilient, self._flush_loop)
+                for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
+                    services.start_soon(self._resilient, duty, self)
+                if self.until_idle:
+                    services.start_soon(self._resilient, duties.idle_loop, self)
+                async with anyio.create_task_group() as work:
+                    self._work_group = work
+                    async with anyio.create_task_group() as claimers:
+                        for pool in self.pools.values():
+                            claimers.start_soon(self._resilient, self._claim_loop, pool)
+                        await self.stop_requested.wait()
+                        claimers.cancel_scope.cancel()
+                    await self._drain()
+                    work.cancel_scope.cancel()
+                services.cancel_scope.cancel()
+        finally:
+            # Also when a second signal cancels everything: the journal keeps what is left.
+            await self._finish()
         log.info("runner %s stopped", self.executor_id)
 
     async def _finish(self) -> None:

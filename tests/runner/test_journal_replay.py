@@ -189,3 +189,43 @@ async def test_a_stale_journal_is_dropped_by_the_fence_and_its_images_removed(
     assert not stale_file.exists()
     assert orphan.exists()
     assert sorted(p.name for p in (env.home / "journal").iterdir()) == ["junk-8.jsonl.bad"]
+
+
+async def test_a_second_signal_exits_at_once_and_still_journals(
+    engine: AsyncEngine,
+    sim: RunningSim,
+    tmp_path: Path,
+    database_url: str,
+    cli_env: dict[str, str],
+) -> None:
+    """A second SIGTERM while draining (database hung) exits promptly, the journal written."""
+    await submit(engine, n=N)
+    await slow_down_flushes(engine, 600)
+    env = process_env(cli_env, tmp_path, database_url, settings(sim.url, 60.0))
+    home = Path(cli_env["IMGRUN_HOME"])
+    runner = await anyio.open_process(runner_command("--executor-id", "twice"), env=env)
+    assert runner.stderr is not None
+    try:
+
+        async def pool_done_and_stuck() -> bool:
+            return (await sim_stats(sim))["completed"] == LIMIT and await flush_hung(engine)
+
+        await wait_until(pool_done_and_stuck, timeout=30)
+        runner.send_signal(signal.SIGTERM)
+        seen = b""
+        with anyio.fail_after(10):
+            while b"stopping: waiting up to" not in seen:
+                seen += await runner.stderr.receive()
+        runner.send_signal(signal.SIGTERM)
+        with anyio.fail_after(5):  # the grace period is 60 s: only the abort is this quick
+            code = await runner.wait()
+    finally:
+        if runner.returncode is None:
+            runner.kill()
+            await runner.wait()
+    assert code == 0
+    (path,) = (home / "journal").iterdir()
+    journaled = Journal(home, "twice", 0).load(path)
+    assert journaled is not None and len(journaled) == LIMIT
+    assert {o.kind for o in journaled} == {"completed"}
+    await terminate_other_backends(engine)
