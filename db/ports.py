@@ -25,8 +25,12 @@ class SubtaskLeases(Protocol):
         """Lease up to `n` due subtasks of `pool`, highest priority first, then oldest."""
         ...
 
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> int:
-        """Record attempts' outcomes (stale holders' ones are dropped); returns how many applied."""
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """Record attempts' outcomes; returns the subtask ids whose outcome stands, ascending.
+
+        An outcome stands if it applied now, or if it is a completion already recorded as
+        is (reported twice); the others were dropped by the fence (stale holders' ones).
+        """
         ...
 
     async def set_external_id(

@@ -206,7 +206,7 @@ APPLY_OUTCOMES = text(
         -- partial lease index (statistics taken when nothing was processing say it is
         -- empty) as the outer side of a nested loop that rescans the input once per held
         -- row -- quadratic, and the cause of the backlog stall.
-        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts
+        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts, s.result
         FROM subtasks s
         WHERE s.id = ANY(CAST(:ids AS bigint[]))
         ORDER BY s.id
@@ -223,6 +223,14 @@ APPLY_OUTCOMES = text(
         JOIN tasks t ON t.id = l.task_id
         WHERE l.status = 'processing' AND l.executor_id = i.executor_id
           AND l.attempts = i.attempt
+    ), recorded_before AS (
+        -- The very same completion, already recorded (a flush retried after its commit, a
+        -- journal replayed twice): it stands, so its images must not be discarded.
+        SELECT l.id
+        FROM locked l
+        JOIN input i ON i.id = l.id
+        WHERE l.status = 'completed' AND i.kind = 'completed'
+          AND l.result = CAST(i.result AS jsonb)
     ), updated AS (
         UPDATE subtasks s
         SET status = CASE WHEN f.effective IN ('completed', 'failed', 'canceled')
@@ -270,24 +278,30 @@ APPLY_OUTCOMES = text(
         WHERE t.id = p.task_id AND t.id IN (SELECT id FROM locked_tasks)
     )
 
-    SELECT pool, count(*) FILTER (WHERE status = 'pending') AS requeued, count(*) AS applied
+    SELECT pool, count(*) FILTER (WHERE status = 'pending') AS requeued, array_agg(id) AS ids
     FROM updated GROUP BY pool
+    UNION ALL
+    SELECT NULL, 0, array_agg(id) FROM recorded_before HAVING count(*) > 0
     """
 )
 
 
-async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> int:
-    """Record many attempts' outcomes in one transaction; returns how many applied."""
+async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> list[int]:
+    """Record many attempts' outcomes in one transaction; returns the ids whose outcome stands.
+
+    That is: applied by this call, or (a completion reported again) already recorded as is.
+    The others were dropped by the fence: a stale holder's, or a second report that differs.
+    """
     if not outcomes:
-        return 0
+        return []
     async with engine.begin() as connection:
         return await _apply(connection, outcomes)
 
 
-async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> list[int]:
     """APPLY_OUTCOMES within the caller's transaction; wakes the pools it requeued to."""
     if not outcomes:
-        return 0
+        return []
     params = {
         "ids": [o.subtask_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
@@ -300,9 +314,9 @@ async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> in
     }
     rows = (await connection.execute(APPLY_OUTCOMES, params)).all()
     for pool, requeued, _ in rows:
-        if requeued:
+        if pool is not None and requeued:
             await _wake(connection, pool)
-    return sum(applied for _, _, applied in rows)
+    return sorted(int(i) for _, _, ids in rows for i in ids)
 
 
 async def _wake(connection: Any, pool: str) -> None:

@@ -31,8 +31,8 @@ class PgStore:
         """Lease up to `n` due subtasks of `pool` (SKIP LOCKED)."""
         return await queries.claim(self.engine, pool, n, executor_id, lease)
 
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> int:
-        """Record outcomes in one fenced statement."""
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """Record attempts' outcomes (fenced); returns the subtask ids whose outcome stands."""
         return await queries.apply_outcomes(self.engine, outcomes)
 
     async def set_external_id(

@@ -78,7 +78,7 @@ async def run_polling(
             exc.job_gone = True  # canceled at the provider: never resume it
         raise
     provider_ms = (clock() - started) * 1000
-    stored = await store.save(request.task_id, request.subtask_id, images)
+    stored = await store.save(request.task_id, request.subtask_id, request.attempt, images)
     return WorkResult(
         images=stored, provider_ms=provider_ms, external_id=job.id, extra={"polls": job.polls}
     )

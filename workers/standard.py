@@ -32,5 +32,5 @@ async def run_standard(
     # Wrong count: retried (TransientError), as any malformed response is.
     expect_images(provider, request, len(images), "generate", TransientError)
     provider_ms = (time.perf_counter() - started) * 1000
-    stored = await store.save(request.task_id, request.subtask_id, images)
+    stored = await store.save(request.task_id, request.subtask_id, request.attempt, images)
     return WorkResult(images=stored, provider_ms=provider_ms)

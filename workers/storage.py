@@ -1,4 +1,10 @@
-"""Writes images under `<root>/<task_id>/<subtask_id>-<n>.png`, atomically, with sha256."""
+"""Writes images under `<root>/<task_id>/<subtask_id>-<attempt>-<n>.png`, atomically, with sha256.
+
+Names are attempt-scoped (workers/names.py): a late attempt can never replace a file that
+another attempt's recorded result points to. Files of attempts that will never be recorded
+are removed: by the attempt itself when its outcome is dropped (`discard`), and by the next
+attempt of the subtask for any attempt that crashed after writing (`save`).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,14 @@ import anyio.to_thread
 from PIL import Image
 
 from workers.errors import PermanentError, TransientError
+from workers.names import image_name, is_attempt_scoped
 from workers.providers.limits import clip
 from workers.types import StoredImage
 
 # 4096 × 4096: larger than any generator's output; decoded as RGBA it is 64 MB already.
 MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of one image
+# Earlier attempts whose leftovers a new attempt removes: bounds the unlinks of one save.
+SWEEP_ATTEMPTS = 100  # attempts
 # Pillow's own decompression-bomb guard follows ours: it warns past this, raises past twice it.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
@@ -78,17 +87,60 @@ class ImageStore:
     def __repr__(self) -> str:
         return f"ImageStore({str(self.root)!r})"
 
-    async def save(self, task_id: int, subtask_id: int, images: list[bytes]) -> list[StoredImage]:
-        """Write the images (in a worker thread) and describe them."""
+    async def save(
+        self, task_id: int, subtask_id: int, attempt: int, images: list[bytes]
+    ) -> list[StoredImage]:
+        """Write one attempt's images (in a worker thread) and describe them."""
         folder = self.root / str(_id(task_id, "task_id"))
-        stem = str(_id(subtask_id, "subtask_id"))
+        subtask = _id(subtask_id, "subtask_id")
+        attempt = _id(attempt, "attempt")
         if not images:
             return []
-        return await anyio.to_thread.run_sync(self._write_all, folder, stem, images)
+        return await anyio.to_thread.run_sync(self._write_all, folder, subtask, attempt, images)
 
-    def _write_all(self, folder: Path, stem: str, images: list[bytes]) -> list[StoredImage]:
+    def _write_all(
+        self, folder: Path, subtask: int, attempt: int, images: list[bytes]
+    ) -> list[StoredImage]:
         folder.mkdir(parents=True, exist_ok=True)
-        return [self._write(folder / f"{stem}-{n}.png", data) for n, data in enumerate(images)]
+        stored = [
+            self._write(folder / image_name(subtask, attempt, n), data)
+            for n, data in enumerate(images)
+        ]
+        self._sweep_earlier(folder, subtask, attempt, len(images))
+        return stored
+
+    def _sweep_earlier(self, folder: Path, subtask: int, attempt: int, count: int) -> None:
+        # Whoever holds attempt N holds the lease: attempts below N are fenced out for good,
+        # so their files (a runner killed after writing) can never be recorded. A stale
+        # holder still writing after this sweep removes its own files when its outcome is
+        # dropped. Bounded: a few unlinks of absent files in the common case.
+        for earlier in range(max(1, attempt - SWEEP_ATTEMPTS), attempt):
+            for n in range(count):
+                (folder / image_name(subtask, earlier, n)).unlink(missing_ok=True)
+
+    async def discard(self, paths: list[str]) -> int:
+        """Remove files this store wrote for an attempt that will never be recorded."""
+        if not paths:
+            return 0
+        return await anyio.to_thread.run_sync(self._discard_all, paths)
+
+    def _discard_all(self, paths: list[str]) -> int:
+        root = self.root.resolve()
+        removed = 0
+        for raw in paths:
+            path = Path(raw)
+            # Only our own names, directly in a task folder of this root: a path from a
+            # result (or a journal) never makes us delete anything else.
+            if not is_attempt_scoped(path.name) or not path.parent.name.isdigit():
+                continue
+            if path.parent.resolve() != root / path.parent.name:
+                continue
+            try:
+                (root / path.parent.name / path.name).unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     def _write(self, path: Path, data: bytes) -> StoredImage:
         png, width, height = _png(data)

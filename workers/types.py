@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +61,12 @@ class WorkResult:
             "external_id": self.external_id,
             **self.extra,
         }
+
+
+def image_paths(result: Mapping[str, Any] | None) -> list[str]:
+    """The image paths a stored result names (tolerates any JSON: only strings are kept)."""
+    images = result.get("images") if isinstance(result, Mapping) else None
+    if not isinstance(images, list):
+        return []
+    paths = (image.get("path") for image in images if isinstance(image, Mapping))
+    return [path for path in paths if isinstance(path, str)]

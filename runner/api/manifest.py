@@ -8,7 +8,8 @@ from typing import Any
 
 IMAGE_PREFIX = "/v1/images/"
 MAX_ID = 2**63 - 1  # ids are bigints
-# Exactly the names the image store writes: <task_id>/<subtask_id>-<n>.png, digits only.
+# An image's URL: <task_id>/<subtask_id>-<n>.png, digits only, n its index in the result
+# (the file it serves is the one the result records, see runner/api/results.py).
 _IMAGE_PATH = re.compile(r"([0-9]{1,19})/([0-9]{1,19})-([0-9]{1,3})\.png")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePath
+from typing import Any
 
 from aiohttp import web
 
@@ -11,6 +13,7 @@ from runner.api.errors import ApiError
 from runner.api.manifest import page, parse_image_path
 from runner.api.params import int_param, path_id
 from runner.api.tasks import json_response, next_link
+from workers.names import is_image_of
 
 routes = web.RouteTableDef()
 
@@ -36,10 +39,17 @@ async def results(request: web.Request) -> web.Response:
     )
 
 
-def image_file(root: Path, task_id: int, subtask_id: int, index: int) -> Path | None:
-    """The store's file for these ids if it is a regular file inside `root` (no symlink out)."""
-    # Built from integers only; resolving catches a symlink planted inside the folder.
-    candidate = (root / str(task_id) / f"{subtask_id}-{index}.png").resolve()
+def image_file(
+    root: Path, task_id: int, subtask_id: int, index: int, record: Mapping[str, Any]
+) -> Path | None:
+    """The recorded file of this image if it is a regular file inside `root` (no symlink out)."""
+    # The URL names the image by its index; the file's name (attempt-scoped) comes from the
+    # recorded result, and only if it is a name the store writes for these very ids.
+    name = PurePath(str(record.get("path") or "")).name
+    if not is_image_of(name, subtask_id, index):
+        return None
+    # Built from integers and a checked name; resolving catches a symlink planted inside.
+    candidate = (root / str(task_id) / name).resolve()
     if not candidate.is_relative_to(root.resolve()) or not candidate.is_file():
         return None
     return candidate
@@ -52,7 +62,7 @@ async def image(request: web.Request) -> web.StreamResponse:
     if ids is None:
         raise ApiError(404, "no such image")
     record = await request.app[STORE].stored_image(*ids)
-    path = image_file(request.app[IMAGES], *ids) if record is not None else None
+    path = image_file(request.app[IMAGES], *ids, record) if record is not None else None
     if record is None or path is None:
         raise ApiError(404, "no such image")
     headers = {"Content-Type": "image/png", "X-Imgrun-Sha256": str(record.get("sha256", ""))}

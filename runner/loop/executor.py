@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from db.ports import RunnerStore
 from db.records import ClaimedSubtask, ErrorRecord, Outcome
 from runner.config import PoolConfig, RunnerSettings
 from runner.loop import duties
+from runner.loop.journal import Journal
 from runner.loop.metrics import Metrics
 from runner.loop.outcomes import OutcomeBuffer, Release
 from runner.loop.pool import Pool, Wakeup
@@ -38,6 +39,8 @@ Work = Callable[
     [ClaimedSubtask, ImageRequest, Callable[[str], Awaitable[None]], Callable[[], Awaitable[bool]]],
     Awaitable[WorkResult],
 ]
+# Removes the files of completions the fence dropped (a stale holder's): nobody records them.
+Discard = Callable[[Sequence[Outcome]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Executor:
         work: Work,
         *,
         secrets: tuple[str, ...] = (),
+        discard: Discard | None = None,
+        journal: Journal | None = None,
         until_idle: bool = False,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -74,6 +79,8 @@ class Executor:
         self.pools = {name: Pool(name, config, clock()) for name, config in pools.items()}
         self.work = work
         self.secrets = secrets
+        self.discard = discard
+        self.journal = journal
         self.until_idle = until_idle
         self.metrics = metrics or Metrics()
         self.stop_requested = anyio.Event()
@@ -108,33 +115,45 @@ class Executor:
         """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
         i = self.identity
         await self.store.register_executor(i.executor_id, i.group, i.host, i.pid, i.version)
+        await self._replay_journals()
         log.info(
             "runner %s started (pools: %s)",
             self.executor_id,
             ", ".join(f"{p.name} limit {p.limiter.total_tokens}" for p in self.pools.values()),
         )
-        async with anyio.create_task_group() as services:
-            services.start_soon(self.store.listen, self._on_notify)
-            services.start_soon(self._resilient, self._flush_loop)
-            for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
-                services.start_soon(self._resilient, duty, self)
-            if self.until_idle:
-                services.start_soon(self._resilient, duties.idle_loop, self)
-            async with anyio.create_task_group() as work:
-                self._work_group = work
-                async with anyio.create_task_group() as claimers:
-                    for pool in self.pools.values():
-                        claimers.start_soon(self._resilient, self._claim_loop, pool)
-                    await self.stop_requested.wait()
-                    claimers.cancel_scope.cancel()
-                await self._drain()
-                work.cancel_scope.cancel()
-            services.cancel_scope.cancel()
-        await self._finish()
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self.store.listen, self._on_notify)
+                services.start_soon(self._resilient, self._flush_loop)
+                for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
+                    services.start_soon(self._resilient, duty, self)
+                if self.until_idle:
+                    services.start_soon(self._resilient, duties.idle_loop, self)
+                async with anyio.create_task_group() as work:
+                    self._work_group = work
+                    async with anyio.create_task_group() as claimers:
+                        for pool in self.pools.values():
+                            claimers.start_soon(self._resilient, self._claim_loop, pool)
+                        await self.stop_requested.wait()
+                        claimers.cancel_scope.cancel()
+                    await self._drain()
+                    work.cancel_scope.cancel()
+                services.cancel_scope.cancel()
+        finally:
+            # Also when a second signal cancels everything: the journal keeps what is left.
+            await self._finish()
         log.info("runner %s stopped", self.executor_id)
 
     async def _finish(self) -> None:
         """Record what is left and mark ourselves stopped, within FINAL_FLUSH_TIMEOUT."""
+        try:
+            await self._final_flush()
+        finally:
+            # Whatever could not be recorded (database down or hung, a second signal) goes
+            # to the journal; the next runner on this home records it.
+            self._journal_leftovers()
+
+    async def _final_flush(self) -> None:
         # Shielded from the caller's cancellation, but bounded, and abort() cuts it short:
         # a hung database must never keep a stopping runner alive.
         with anyio.CancelScope(shield=True) as scope:
@@ -151,10 +170,47 @@ class Executor:
                 with attempt:
                     await self._flush()
                     await self.store.mark_executor_stopped(self.executor_id, self.snapshot())
-        if self.buffer.outcomes_waiting:
+
+    def _journal_leftovers(self) -> None:
+        """Write the outcomes still buffered to the journal (synchronously: we are exiting)."""
+        left = self.buffer.waiting()
+        if not left:
+            return
+        if self.journal is None:
             log.warning(
                 "exiting with %d outcomes unrecorded: their leases return them to pending",
-                self.buffer.outcomes_waiting,
+                len(left),
+            )
+            return
+        try:
+            path = self.journal.write(left)
+        except OSError as exc:
+            log.error("exiting with %d outcomes unrecorded (journal: %s)", len(left), exc)
+            return
+        log.warning(
+            "exiting with %d outcomes unrecorded: kept in %s for the next start", len(left), path
+        )
+
+    async def _replay_journals(self) -> None:
+        """Record the outcomes earlier runners on this home journaled (fenced: harmless)."""
+        if self.journal is None:
+            return
+        for path in await anyio.to_thread.run_sync(self.journal.pending):
+            outcomes = await anyio.to_thread.run_sync(self.journal.load, path)
+            if outcomes is None:
+                continue
+            stood = 0
+            for start in range(0, len(outcomes), self.buffer.max_batch):
+                chunk = outcomes[start : start + self.buffer.max_batch]
+                stands = set(await self.store.apply_outcomes(chunk))
+                stood += len(stands)
+                await self._discard([o for o in chunk if o.subtask_id not in stands])
+            self.journal.remove(path)
+            log.info(
+                "journal %s replayed: %d outcomes recorded, %d dropped by the fence",
+                path.name,
+                stood,
+                len(outcomes) - stood,
             )
 
     async def _resilient(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -405,9 +461,11 @@ class Executor:
         """Write everything buffered, one bounded batch per transaction."""
         async with self._flush_lock:
             while batch := self.buffer.take():
+                dropped: list[Outcome] = []
                 try:
                     if batch.entries:
-                        await self.store.apply_outcomes(batch.outcomes)
+                        stands = set(await self.store.apply_outcomes(batch.outcomes))
+                        dropped = [o for o in batch.outcomes if o.subtask_id not in stands]
                     if batch.errors:
                         for kind, message in await self.store.record_errors(batch.errors):
                             log.warning("new error: %s: %s", kind, message)
@@ -417,6 +475,19 @@ class Executor:
                     self.buffer.put_back(batch)
                     raise
                 batch.release()
+                await self._discard(dropped)
+
+    async def _discard(self, dropped: Sequence[Outcome]) -> None:
+        """Log the outcomes the fence dropped and remove the files of dropped completions."""
+        if not dropped:
+            return
+        log.info("%d outcomes dropped: their leases had passed to another attempt", len(dropped))
+        if self.discard is not None:
+            try:
+                await self.discard([o for o in dropped if o.kind == "completed"])
+            except OSError as exc:
+                # Left behind, they are swept by the subtask's next attempt or a prune.
+                log.warning("could not remove a dropped attempt's images: %s", exc)
 
     @property
     def busy(self) -> bool:

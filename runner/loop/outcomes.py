@@ -58,6 +58,10 @@ class OutcomeBuffer:
         """Outcomes not yet written (error records aside)."""
         return len(self._entries)
 
+    def waiting(self) -> list[Outcome]:
+        """The outcomes not yet written, oldest first (left in the buffer)."""
+        return [outcome for outcome, _ in self._entries]
+
     def record(self, outcome: Outcome, release: Release | None = None) -> None:
         """Queue an outcome; `release` frees its slot once the outcome is written."""
         self._entries.append((outcome, release))

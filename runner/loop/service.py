@@ -7,7 +7,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,12 @@ import aiohttp
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.records import ClaimedSubtask
+from db.records import ClaimedSubtask, Outcome
 from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, PoolConfig, ProviderSettings
-from runner.loop.executor import Executor, Identity, Work
+from runner.loop.executor import Discard, Executor, Identity, Work
+from runner.loop.journal import Journal
 from workers.errors import PermanentError
 from workers.kinds import LUMINA, POOL_NAMES, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling
@@ -31,7 +32,7 @@ from workers.providers.http import make_session
 from workers.providers.retry import RequestRetryPolicy
 from workers.standard import run_standard
 from workers.storage import ImageStore
-from workers.types import ImageRequest, WorkResult
+from workers.types import ImageRequest, WorkResult, image_paths
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,18 @@ def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
     return work
 
 
+def make_discard(store: ImageStore) -> Discard:
+    """Removes the images of completions the fence dropped."""
+
+    async def discard(outcomes: Sequence[Outcome]) -> None:
+        paths = [path for outcome in outcomes for path in image_paths(outcome.result)]
+        removed = await store.discard(paths)
+        if removed:
+            log.info("removed %d images of attempts that were not recorded", removed)
+
+    return discard
+
+
 def output_dir(config: Config, env: Environment) -> Path:
     """Where images go: [runner] output_dir, else IMGRUN_HOME/output."""
     return Path(config.runner.output_dir or env.home / "output").expanduser()
@@ -222,13 +235,16 @@ async def serve(
     pools: dict[str, PoolConfig] = {name: config.pool(name) for name in POOL_NAMES}
     async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
         providers = Providers(config, env, session)
+        identity = make_identity(config)
         executor = Executor(
             database,
-            make_identity(config),
+            identity,
             config.runner,
             pools,
             make_work(config, providers, store),
             secrets=providers.secrets(),
+            discard=make_discard(store),
+            journal=Journal(env.home, identity.executor_id, identity.pid),
             until_idle=until_idle,
         )
         providers.on_retry = executor.observe_retry

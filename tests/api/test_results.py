@@ -177,9 +177,13 @@ async def test_a_symlink_in_the_output_folder_is_not_followed(
         sub = await connection.scalar(
             text("SELECT min(id) FROM subtasks WHERE task_id = :id"), {"id": task_id}
         )
+        recorded = await connection.scalar(
+            text("SELECT result->'images'->0->>'path' FROM subtasks WHERE id = :id"), {"id": sub}
+        )
     outside = tmp_path / "secret.png"
     outside.write_bytes(PNG_MAGIC + b"not yours")
-    image = api.images / str(task_id) / f"{sub}-0.png"
+    image = api.images / str(task_id) / Path(recorded).name
+    assert image.is_file()
     image.unlink()
     os.symlink(outside, image)
     async with api.client.get(f"/v1/images/{task_id}/{sub}-0.png") as response:

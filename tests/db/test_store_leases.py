@@ -132,7 +132,7 @@ async def test_a_heartbeat_renewing_while_the_reaper_runs_wins(
         "r1",
         0,
     )
-    assert await store.apply_outcomes([outcome(row, "completed")]) == 1
+    assert await store.apply_outcomes([outcome(row, "completed")]) == [row.id]
 
 
 async def test_heartbeat_renews_only_this_runners_rows(engine: AsyncEngine, store: PgStore) -> None:

@@ -25,7 +25,7 @@ async def test_completed_stores_the_result_and_counts(engine: AsyncEngine, store
     """completed: row final with its result, lease released; the task counts one completion."""
     task_id = await submit(engine, n=2)
     row, _ = await store.claim("standard", 2, "r1", 60.0)
-    assert await store.apply_outcomes([outcome(row, "completed", result=IMAGES)]) == 1
+    assert await store.apply_outcomes([outcome(row, "completed", result=IMAGES)]) == [row.id]
     stored = await subtask(engine, row.id)
     assert (stored["status"], stored["result"], stored["executor_id"]) == (
         "completed",
@@ -147,7 +147,7 @@ async def test_one_batch_updates_several_tasks(engine: AsyncEngine, store: PgSto
     applied = await store.apply_outcomes(
         [outcome(by_task[a], "completed"), outcome(by_task[b], "failed")]
     )
-    assert applied == 2
+    assert applied == sorted([by_task[a].id, by_task[b].id])
     assert await counters(engine, a) == ("completed", 1, 0, 0)
     assert await counters(engine, b) == ("running", 0, 1, 0)
 
@@ -160,7 +160,7 @@ async def test_wrong_executor_outcome_is_dropped(engine: AsyncEngine, store: PgS
     task_id = await submit(engine, n=1)
     (row,) = await store.claim("standard", 1, "r1", 60.0)
     before = await subtask(engine, row.id)
-    assert await store.apply_outcomes([outcome(row, "completed", executor="r2")]) == 0
+    assert await store.apply_outcomes([outcome(row, "completed", executor="r2")]) == []
     after = await subtask(engine, row.id)
     assert after["status"] == "processing" and after["executor_id"] == "r1"
     assert after["updated_at"] == before["updated_at"]
@@ -177,7 +177,7 @@ async def test_reaped_and_reclaimed_by_another_runner_drops_the_late_outcome(
     await reap(store)
     (fresh,) = await store.claim("standard", 1, "r2", 60.0)
     assert fresh.attempts == stale.attempts + 1
-    assert await store.apply_outcomes([outcome(stale, "completed", result=IMAGES)]) == 0
+    assert await store.apply_outcomes([outcome(stale, "completed", result=IMAGES)]) == []
     row = await subtask(engine, stale.id)
     assert (row["status"], row["executor_id"], row["attempts"], row["result"]) == (
         "processing",
@@ -187,7 +187,7 @@ async def test_reaped_and_reclaimed_by_another_runner_drops_the_late_outcome(
     )
     assert await counters(engine, task_id) == ("running", 0, 0, 0)
     # The real holder's outcome still applies.
-    assert await store.apply_outcomes([outcome(fresh, "completed", executor="r2")]) == 1
+    assert await store.apply_outcomes([outcome(fresh, "completed", executor="r2")]) == [fresh.id]
     assert await counters(engine, task_id) == ("completed", 1, 0, 0)
 
 
@@ -201,7 +201,7 @@ async def test_same_executor_older_attempt_outcome_is_dropped(
     await reap(store)
     (new,) = await store.claim("standard", 1, "r1", 60.0)
     assert (new.attempts, new.retry_count) == (2, 1)
-    assert await store.apply_outcomes([outcome(old, "failed", error="late")]) == 0
+    assert await store.apply_outcomes([outcome(old, "failed", error="late")]) == []
     row = await subtask(engine, old.id)
     assert (row["status"], row["attempts"], row["retry_count"]) == ("processing", 2, 1)
     assert await counters(engine, task_id) == ("running", 0, 0, 0)
@@ -213,10 +213,26 @@ async def test_a_second_report_of_a_finished_attempt_is_dropped(
     """A duplicate outcome (e.g. a flush retried after commit) does not count twice."""
     task_id = await submit(engine, n=2)
     row, _ = await store.claim("standard", 2, "r1", 60.0)
-    assert await store.apply_outcomes([outcome(row, "completed")]) == 1
-    assert await store.apply_outcomes([outcome(row, "failed")]) == 0
+    assert await store.apply_outcomes([outcome(row, "completed")]) == [row.id]
+    assert await store.apply_outcomes([outcome(row, "failed")]) == []
     assert (await subtask(engine, row.id))["status"] == "completed"
     assert await counters(engine, task_id) == ("running", 1, 0, 0)
+
+
+async def test_the_same_completion_reported_twice_stands_and_counts_once(
+    engine: AsyncEngine, store: PgStore
+) -> None:
+    """A completion replayed as is (a journal, a retried flush) stands, counted once."""
+    task_id = await submit(engine, n=2)
+    row, other = await store.claim("standard", 2, "r1", 60.0)
+    assert await store.apply_outcomes([outcome(row, "completed", result=IMAGES)]) == [row.id]
+    again = [outcome(row, "completed", result=IMAGES), outcome(other, "completed", result=IMAGES)]
+    assert await store.apply_outcomes(again) == [row.id, other.id]
+    assert await counters(engine, task_id) == ("completed", 2, 0, 0)
+    # A different completion of the same attempt (another result) does not stand.
+    elsewhere = {"images": [{"path": "1/1-9-0.png", "sha256": "cd"}]}
+    assert await store.apply_outcomes([outcome(row, "completed", result=elsewhere)]) == []
+    assert (await subtask(engine, row.id))["result"] == IMAGES
 
 
 # --- a canceled task: work still to do ends as canceled ---

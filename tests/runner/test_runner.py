@@ -70,7 +70,7 @@ async def test_both_pools_complete_and_tasks_roll_up(
     for row in results:
         image = row["result"]["images"][0]
         path = Path(image["path"])
-        assert path == tmp_path / "out" / str(row["task_id"]) / f"{row['id']}-0.png"
+        assert path == tmp_path / "out" / str(row["task_id"]) / f"{row['id']}-1-0.png"
         with Image.open(path) as png:
             assert png.format == "PNG" and png.size == (image["width"], image["height"])
     assert all(r["external_id"] for r in results if r["task_id"] == lumina)

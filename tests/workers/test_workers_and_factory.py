@@ -40,7 +40,7 @@ async def test_run_standard_stores_the_batch(
         standard(sim, session, fast_retry), store, request(4, batch_size=3, ratio="9:16")
     )
     assert [(i.width, i.height) for i in result.images] == [(96, 168)] * 3
-    assert [Path(i.path).name for i in result.images] == ["4-0.png", "4-1.png", "4-2.png"]
+    assert [Path(i.path).name for i in result.images] == ["4-0-0.png", "4-0-1.png", "4-0-2.png"]
     assert result.provider_ms > 0 and result.to_json()["images"][0]["sha256"]
     assert (await sim_stats(session, sim))["by_key"] == {"imgrun-4-0": 1}
 
