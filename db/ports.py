@@ -20,7 +20,12 @@ class SubtaskLeases(Protocol):
     """Claiming subtasks and moving them on: every transition is fenced by lease holder."""
 
     async def claim(
-        self, pool: str, n: int, executor_id: str, lease: float
+        self,
+        pool: str,
+        n: int,
+        executor_id: str,
+        lease: float,
+        skip_providers: Sequence[str] = (),
     ) -> list[ClaimedSubtask]:
         """Lease up to `n` due subtasks of `pool`, highest priority first, then oldest."""
         ...

@@ -153,11 +153,10 @@ def jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-CLAIM = text(
-    """
+_CLAIM_SQL = """
     WITH picked AS (
         SELECT id FROM subtasks
-        WHERE status = 'pending' AND pool = :pool AND run_after <= now()
+        WHERE status = 'pending' AND pool = :pool AND run_after <= now() {skip}
         ORDER BY priority DESC, id
         LIMIT :n
         FOR UPDATE SKIP LOCKED
@@ -176,18 +175,31 @@ CLAIM = text(
     SELECT claimed.*, t.provider, t.max_retries
     FROM claimed JOIN tasks t ON t.id = claimed.task_id
     ORDER BY claimed.id
-    """
+"""
+CLAIM = text(_CLAIM_SQL.format(skip=""))
+# While a provider is paused (it refused our credentials or model), its subtasks stay put.
+CLAIM_SKIPPING = text(
+    _CLAIM_SQL.format(
+        skip="AND task_id NOT IN (SELECT id FROM tasks WHERE provider = ANY(CAST(:skip AS text[])))"
+    )
 )
 
 
 async def claim(
-    engine: AsyncEngine, pool: str, n: int, executor_id: str, lease: float
+    engine: AsyncEngine,
+    pool: str,
+    n: int,
+    executor_id: str,
+    lease: float,
+    skip_providers: Sequence[str] = (),
 ) -> list[ClaimedSubtask]:
     """Lease up to `n` due subtasks of `pool`, highest priority first (SKIP LOCKED)."""
+    params: dict[str, Any] = {"pool": pool, "n": n, "executor": executor_id, "lease": lease}
+    statement = CLAIM
+    if skip_providers:
+        statement, params["skip"] = CLAIM_SKIPPING, list(skip_providers)
     async with engine.begin() as connection:
-        rows = await connection.execute(
-            CLAIM, {"pool": pool, "n": n, "executor": executor_id, "lease": lease}
-        )
+        rows = await connection.execute(statement, params)
         return [ClaimedSubtask(**row) for row in rows.mappings()]
 
 

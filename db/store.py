@@ -26,10 +26,15 @@ class PgStore:
     # --- SubtaskLeases ---------------------------------------------------
 
     async def claim(
-        self, pool: str, n: int, executor_id: str, lease: float
+        self,
+        pool: str,
+        n: int,
+        executor_id: str,
+        lease: float,
+        skip_providers: Sequence[str] = (),
     ) -> list[ClaimedSubtask]:
         """Lease up to `n` due subtasks of `pool` (SKIP LOCKED)."""
-        return await queries.claim(self.engine, pool, n, executor_id, lease)
+        return await queries.claim(self.engine, pool, n, executor_id, lease, skip_providers)
 
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record attempts' outcomes (fenced); returns the subtask ids whose outcome stands."""

@@ -113,6 +113,8 @@ class RunnerSettings(_Strict):
     metrics_host: str = "127.0.0.1"  # loopback unless you mean to expose it
     shutdown_grace: float = Field(default=30.0, ge=0)
     outcome_batch: int = Field(default=500, ge=1)  # outcomes recorded per statement
+    # seconds a provider is paused after refusing our credentials or model name
+    misconfigured_pause: float = Field(default=60.0, gt=0)
 
 
 class SubmitSettings(_Strict):

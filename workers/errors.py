@@ -55,6 +55,13 @@ class PermanentError(ProviderError):
     retryable = False
 
 
+class Misconfigured(PermanentError):
+    """The provider refused us for a reason the operator must fix (credentials, model name).
+
+    Not the subtask's fault: the runner pauses the provider and leaves its work pending.
+    """
+
+
 class Canceled(ProviderError):
     """The runner asked a polling worker to stop; the provider job was asked to cancel."""
 

@@ -91,6 +91,8 @@ class Executor:
         # Claimed and not yet recorded: in flight, or finished and waiting in the buffer.
         self._held: dict[int, ClaimedSubtask] = {}
         self._canceled_tasks: set[int] = set()
+        # provider -> until (monotonic): it refused our credentials or model; skip its work
+        self._paused_providers: dict[str, float] = {}
         self._work_group: anyio.abc.TaskGroup | None = None
         self._aborted = False
         self._final_scope: anyio.CancelScope | None = None
@@ -278,7 +280,11 @@ class Executor:
                 # their lease expires; rows claimed as a stop arrives are handed back.
                 with anyio.CancelScope(shield=True):
                     rows = await self.store.claim(
-                        pool.name, free, self.executor_id, self.settings.lease
+                        pool.name,
+                        free,
+                        self.executor_id,
+                        self.settings.lease,
+                        self._paused(),
                     )
                     if self.stop_requested.is_set():
                         for row in rows:
@@ -395,7 +401,15 @@ class Executor:
             rate_limit_cap=self.settings.rate_limit_deferrals,
         )
         attempt = Attempt(row.retry_count, row.deferrals, row.max_retries)
-        verdict = classify(exc, attempt, policy, self.secrets)
+        verdict = classify(
+            exc,
+            attempt,
+            policy,
+            self.secrets,
+            misconfigured_pause=self.settings.misconfigured_pause,
+        )
+        if verdict.pause_provider:
+            self._pause_provider(row.provider, verdict.error)
         self._pressure(pool, verdict.pressure, verdict.retry_after)
         if verdict.counts_as_failure:
             pool.window.failures += 1
@@ -418,6 +432,25 @@ class Executor:
         )
         log.debug(
             "subtask %d attempt %d: %s -> %s", row.id, row.attempts, verdict.error, verdict.kind
+        )
+
+    def _paused(self) -> list[str]:
+        """Providers whose subtasks claims skip right now."""
+        now = self.clock()
+        return sorted(name for name, until in self._paused_providers.items() if until > now)
+
+    def _pause_provider(self, provider: str, error: str) -> None:
+        """Stop using a provider the operator must fix; say so loudly, once per pause."""
+        if provider in self._paused():
+            return
+        self._paused_providers[provider] = self.clock() + self.settings.misconfigured_pause
+        log.error(
+            "provider %s refused us (%s): its subtasks stay pending; paused %.0fs —"
+            " fix [providers.%s] (credentials, model)",
+            provider,
+            error,
+            self.settings.misconfigured_pause,
+            provider,
         )
 
     def observe_retry(self, pool_name: str, exc: BaseException) -> None:

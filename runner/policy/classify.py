@@ -12,7 +12,7 @@ from db.records import OutcomeKind
 from runner.policy.backoff import SubtaskRetryPolicy, decide_failure
 from runner.policy.fingerprint import error_type, fingerprint, redact
 from runner.policy.scaling import PressureKind
-from workers.errors import ProviderError, ProviderTimeout, RateLimited
+from workers.errors import Misconfigured, ProviderError, ProviderTimeout, RateLimited
 
 
 class LeaseExpired(ProviderError):
@@ -43,18 +43,39 @@ class Verdict:
     reset_job: bool  # the provider's job is over: the next attempt submits a new one
     pressure: PressureKind | None  # backpressure for the scaling policy, if any
     retry_after: float | None  # the provider's Retry-After, seconds
+    pause_provider: bool = False  # the operator must fix the provider's config: stop using it
 
     @property
     def counts_as_failure(self) -> bool:
-        """A failure of the provider (backpressure is not one)."""
-        return self.kind != "defer"
+        """A failure of the provider (backpressure and misconfiguration are not)."""
+        return self.kind not in ("defer", "release")
 
 
 def classify(
-    exc: BaseException, attempt: Attempt, policy: SubtaskRetryPolicy, secrets: tuple[str, ...]
+    exc: BaseException,
+    attempt: Attempt,
+    policy: SubtaskRetryPolicy,
+    secrets: tuple[str, ...],
+    *,
+    misconfigured_pause: float = 60.0,
 ) -> Verdict:
-    """Decide retry, defer or failed for `exc`, with the redacted error and the pressure."""
+    """Decide retry, defer, failed or release for `exc`, with the redacted error and pressure."""
     message = redact(str(exc) or type(exc).__name__, secrets)
+    kind = error_type(exc)
+    if isinstance(exc, Misconfigured):
+        # Every subtask of this provider would fail the same way: none is charged for it
+        # (release: the attempt is not counted); they wait while the provider is paused.
+        return Verdict(
+            kind="release",
+            delay=misconfigured_pause,
+            error=f"{kind}: {message}",
+            error_type=kind,
+            fingerprint=fingerprint(message),
+            reset_job=False,
+            pressure=None,
+            retry_after=None,
+            pause_provider=True,
+        )
     rate_limited = isinstance(exc, RateLimited)
     retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
     decision = decide_failure(
@@ -65,7 +86,6 @@ def classify(
         rate_limit_count=attempt.deferrals,
         policy=policy,
     )
-    kind = error_type(exc)
     return Verdict(
         kind=decision.action,
         delay=decision.delay,

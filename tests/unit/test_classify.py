@@ -8,6 +8,7 @@ from runner.policy.backoff import SubtaskRetryPolicy
 from runner.policy.classify import Attempt, LeaseExpired, Verdict, classify, pressure_of
 from workers.errors import (
     JobFailed,
+    Misconfigured,
     PermanentError,
     ProviderTimeout,
     RateLimited,
@@ -129,3 +130,17 @@ def test_the_reaper_decides_expired_leases_by_the_same_rule() -> None:
         ("LeaseExpired", "lumina", "sim", 2),
         ("LeaseExpired", "standard", "x", 3),
     ]
+
+
+def test_a_misconfigured_provider_charges_no_subtask_and_pauses() -> None:
+    """Bad credentials or model: released (attempt not counted) for the pause, not failed."""
+    result = classify(
+        Misconfigured("generate: HTTP 401: invalid api key", status=401),
+        Attempt(retry_count=3, deferrals=50, max_retries=3),
+        POLICY,
+        (SECRET,),
+        misconfigured_pause=45.0,
+    )
+    assert (result.kind, result.delay, result.pause_provider) == ("release", 45.0, True)
+    assert not result.counts_as_failure and result.pressure is None
+    assert not verdict(PermanentError("HTTP 400")).pause_provider

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.workers.conftest import RecordingSleep, ServeApp
 from tests.workers.helpers import request
-from workers.errors import PermanentError, RateLimited, TransientError
+from workers.errors import Misconfigured, PermanentError, RateLimited, TransientError
 from workers.providers import ProviderConfig, RequestRetryPolicy, build_provider, parse_retry_after
 
 pytestmark = pytest.mark.anyio
@@ -69,17 +69,22 @@ async def generate(url: str, session: aiohttp.ClientSession, policy: RequestRetr
     await build_provider(config, session, api_key="k", retry=policy).generate(request())
 
 
+MODEL_GONE = '{"error": {"code": "model_not_found", "message": "The model gpt-x does not exist"}}'
+
+
 @pytest.mark.parametrize(
-    ("status", "headers", "error"),
+    ("status", "headers", "body", "error"),
     [
-        (503, {"Retry-After": "1"}, RateLimited),
-        (503, None, TransientError),
-        (502, None, TransientError),
-        (408, None, TransientError),
-        (400, None, PermanentError),
-        (401, None, PermanentError),
-        (404, None, PermanentError),
-        (422, None, PermanentError),
+        (503, {"Retry-After": "1"}, "{}", RateLimited),
+        (503, None, "{}", TransientError),
+        (502, None, "{}", TransientError),
+        (408, None, "{}", TransientError),
+        (400, None, "{}", PermanentError),
+        (401, None, "{}", Misconfigured),  # bad credentials: the operator's to fix
+        (403, None, "{}", Misconfigured),
+        (404, None, MODEL_GONE, Misconfigured),  # an unknown model, likewise
+        (404, None, "{}", PermanentError),
+        (422, None, "{}", PermanentError),
     ],
 )
 async def test_status_classes(
@@ -88,10 +93,11 @@ async def test_status_classes(
     fast_retry: RequestRetryPolicy,
     status: int,
     headers: dict[str, str] | None,
+    body: str,
     error: type[Exception],
 ) -> None:
     """Each status becomes the documented class (and keeps the status)."""
-    url = await serve_app(scripted(status, headers))
+    url = await serve_app(scripted(status, headers, body))
     policy = dataclasses.replace(fast_retry, sleep=RecordingSleep())
     with pytest.raises(error) as caught:
         await generate(url, session, policy)

@@ -11,6 +11,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from workers.errors import (
+    Misconfigured,
     PermanentError,
     ProviderError,
     ProviderTimeout,
@@ -112,6 +113,9 @@ def classify(
         return RateLimited(message, retry_after=retry_after, status=status)
     if status >= 500 or status in _TRANSIENT_4XX:
         return TransientError(message, status=status)
+    if status in (401, 403) or (status == 404 and "model" in detail.lower()):
+        # Bad credentials or an unknown model: every request would fail the same way.
+        return Misconfigured(message, status=status)
     return PermanentError(message, status=status)
 
 
