@@ -28,35 +28,11 @@ from tests.runner.conftest import (
     submit,
     wait_until,
 )
+from tests.runner.slowdb import flush_hung, slow_down_flushes, terminate_other_backends
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 10  # the standard pool, pinned
-
-
-def slow_flush_sql(seconds: float) -> str:
-    """A trigger that makes each transaction completing subtasks sleep `seconds`, once."""
-    return f"""
-    CREATE FUNCTION slow_flush() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF current_setting('test.slept', true) IS DISTINCT FROM 'yes' THEN
-            PERFORM set_config('test.slept', 'yes', true);
-            PERFORM pg_sleep({seconds});
-        END IF;
-        RETURN NEW;
-    END $$;
-    CREATE TRIGGER slow_flush BEFORE UPDATE ON subtasks FOR EACH ROW
-        WHEN (OLD.status = 'processing' AND NEW.status = 'completed')
-        EXECUTE FUNCTION slow_flush();
-    """
-
-
-async def slow_down_flushes(engine: AsyncEngine, seconds: float) -> None:
-    """Install the trigger (one statement at a time: asyncpg prepares each)."""
-    async with engine.begin() as connection:
-        raw = await connection.get_raw_connection()
-        assert raw.driver_connection is not None
-        await raw.driver_connection.execute(slow_flush_sql(seconds))
 
 
 def null_pool_settings(extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -122,18 +98,7 @@ async def test_sigterm_stops_runner_promptly_while_a_flush_hangs(
     env = process_env(cli_env, tmp_path, database_url, settings)
     runner = await anyio.open_process(runner_command("--executor-id", "stuck"), env=env)
     try:
-
-        async def flush_hung() -> bool:
-            async with engine.connect() as connection:
-                waiting = await connection.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-                        " AND query LIKE '%unnest%' AND wait_event = 'PgSleep'"
-                    )
-                )
-            return bool(waiting)
-
-        await wait_until(flush_hung, timeout=30)
+        await wait_until(lambda: flush_hung(engine), timeout=30)
         runner.send_signal(signal.SIGTERM)
         with anyio.fail_after(grace + 8):
             code = await runner.wait()
@@ -148,18 +113,7 @@ async def test_sigterm_stops_runner_promptly_while_a_flush_hangs(
     # The database recovers: the dead runner's statements end (a server only notices a
     # vanished client when it next talks to it). Nothing the runner held is lost: its rows
     # stay its own until the lease runs out, then any runner takes them back.
-    async def dead_runner_gone() -> bool:
-        async with engine.connect() as connection:
-            left = await connection.scalar(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    " AND backend_type = 'client backend'"
-                )
-            )
-        return not left
-
-    await wait_until(dead_runner_gone, timeout=30, every=0.2)
+    await terminate_other_backends(engine)
     async with engine.begin() as connection:
         await connection.execute(text("DROP TRIGGER slow_flush ON subtasks"))
     counts = await status_counts(engine)

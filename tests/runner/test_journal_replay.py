@@ -33,7 +33,7 @@ from tests.runner.conftest import (
     submit,
     wait_until,
 )
-from tests.runner.test_backlog import slow_down_flushes
+from tests.runner.slowdb import flush_hung, slow_down_flushes, terminate_other_backends
 from workers.sim.app import RunningSim
 
 pytestmark = pytest.mark.anyio
@@ -51,35 +51,6 @@ def settings(sim_url: str, grace: float) -> dict[str, Any]:
             "pools": {"standard": {"initial": LIMIT, "max": LIMIT}},
         },
     )
-
-
-async def terminate_other_backends(engine: AsyncEngine) -> None:
-    """End the dead runner's hung statements (the server has not noticed it left)."""
-
-    async def gone() -> bool:
-        async with engine.connect() as connection:
-            left = await connection.scalar(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    " AND backend_type = 'client backend'"
-                )
-            )
-        return not left
-
-    await wait_until(gone, timeout=30, every=0.2)
-
-
-async def flush_hung(engine: AsyncEngine) -> bool:
-    """A runner's outcome statement is asleep in the trigger."""
-    async with engine.connect() as connection:
-        waiting = await connection.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-                " AND query LIKE '%unnest%' AND wait_event = 'PgSleep'"
-            )
-        )
-    return bool(waiting)
 
 
 async def test_outcomes_unrecorded_at_shutdown_are_journaled_and_replayed(
