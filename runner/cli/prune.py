@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.table import Table
 
 from runner.cli.app import App, out, pass_app, print_json
 from runner.errors import UserError
-from runner.loop.service import output_dir
 from runner.policy.duration import parse_duration
-from runner.retention import PruneReport, prune
+
+if TYPE_CHECKING:
+    from runner.retention import PruneReport
 
 ROWS = (
     ("tasks", "tasks"),
@@ -47,6 +50,10 @@ def prune_command(
     app: App, older_than: str, images: bool, dry_run: bool, batch: int, as_json: bool
 ) -> None:
     """Remove finished tasks (with subtasks), old error rows and settled alert events."""
+    # Imported here, as `run` does: every other command starts without the runner's imports.
+    from runner.loop.service import output_dir
+    from runner.retention import prune
+
     seconds = older_than_seconds(older_than)
     root = output_dir(app.config, app.env) if images else None
     report = app.with_store(
