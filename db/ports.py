@@ -8,9 +8,19 @@ database library, so code typed against these ports can be tested with a fake.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from db.records import ClaimedSubtask, ErrorRecord, ExpiredLease, NewTask, Outcome, SubtaskRow
+from db.records import (
+    ClaimedSubtask,
+    ErrorRecord,
+    ExpiredLease,
+    NewTask,
+    Outcome,
+    PruneCounts,
+    PrunedBatch,
+    SubtaskRow,
+)
 
 # The runner's rule for expired leases: the same as for any failed attempt.
 DecideLeases = Callable[[Sequence[ExpiredLease]], Sequence[Outcome]]
@@ -132,4 +142,34 @@ class TaskStore(Protocol):
 
     async def demo_report(self, task_ids: Sequence[int]) -> dict[str, Any]:
         """Tasks, image paths, retry/deferral totals and errors of the given tasks."""
+        ...
+
+
+class RetentionStore(Protocol):
+    """Pruning: each method is one short transaction over at most `batch` rows."""
+
+    async def count_old(self, older_than: float) -> PruneCounts:
+        """What a prune with this cutoff (seconds ago) would remove now."""
+        ...
+
+    async def old_task_ids(self, older_than: float, after: int, limit: int) -> list[int]:
+        """Finished tasks past the cutoff, ascending ids after `after`."""
+        ...
+
+    async def prune_subtasks(
+        self, task_ids: Sequence[int], older_than: float, batch: int
+    ) -> PrunedBatch:
+        """Delete up to `batch` subtasks of these tasks, then those tasks left empty."""
+        ...
+
+    async def prune_error_logs(self, older_than: float, batch: int) -> int:
+        """Delete up to `batch` error aggregates not seen since the cutoff."""
+        ...
+
+    async def prune_outbox(self, older_than: float, batch: int) -> int:
+        """Delete up to `batch` settled alert events older than the cutoff."""
+        ...
+
+    def exclusive(self, key: int) -> AbstractAsyncContextManager[bool]:
+        """Hold a fleet-wide lock while inside; yields False if another process holds it."""
         ...

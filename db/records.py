@@ -101,3 +101,23 @@ class ErrorRecord:
     pool: str
     provider: str
     subtask_id: int
+
+
+@dataclass(frozen=True)
+class PruneCounts:
+    """What a prune would remove now (a dry run): rows, and image files the rows name."""
+
+    tasks: int
+    subtasks: int
+    images: int
+    error_logs: int
+    outbox: int
+
+
+@dataclass(frozen=True)
+class PrunedBatch:
+    """One prune transaction: subtasks and tasks deleted, and the image paths they named."""
+
+    subtasks: int
+    tasks: int
+    image_paths: tuple[str, ...]

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import api_queries, notify, outbox, queries, status_queries
+from db import api_queries, notify, outbox, queries, retention_queries, status_queries
 from db.api_queries import Submitted
 from db.outbox import OutboxEvent
-from db.ports import DecideLeases, RunnerStore, TaskStore
-from db.records import ClaimedSubtask, ErrorRecord, NewTask, Outcome, SubtaskRow
+from db.ports import DecideLeases, RetentionStore, RunnerStore, TaskStore
+from db.records import (
+    ClaimedSubtask,
+    ErrorRecord,
+    NewTask,
+    Outcome,
+    PruneCounts,
+    PrunedBatch,
+    SubtaskRow,
+)
 from db.status_queries import StatusRows
 
 
@@ -249,7 +258,35 @@ class PgStore:
             error_limit=error_limit,
         )
 
+    # --- RetentionStore (db.retention_queries) ------------------------------
+    async def count_old(self, older_than: float) -> PruneCounts:
+        """What a prune with this cutoff would remove now."""
+        return await retention_queries.count_old(self.engine, older_than)
+
+    async def old_task_ids(self, older_than: float, after: int, limit: int) -> list[int]:
+        """Finished tasks past the cutoff, ascending ids after `after`."""
+        return await retention_queries.old_task_ids(self.engine, older_than, after, limit)
+
+    async def prune_subtasks(
+        self, task_ids: Sequence[int], older_than: float, batch: int
+    ) -> PrunedBatch:
+        """Delete up to `batch` subtasks of these tasks, then those tasks left empty."""
+        return await retention_queries.prune_subtasks(self.engine, task_ids, older_than, batch)
+
+    async def prune_error_logs(self, older_than: float, batch: int) -> int:
+        """Delete up to `batch` error aggregates not seen since the cutoff."""
+        return await retention_queries.prune_error_logs(self.engine, older_than, batch)
+
+    async def prune_outbox(self, older_than: float, batch: int) -> int:
+        """Delete up to `batch` settled alert events older than the cutoff."""
+        return await retention_queries.prune_outbox(self.engine, older_than, batch)
+
+    def exclusive(self, key: int) -> AbstractAsyncContextManager[bool]:
+        """A PostgreSQL advisory lock held while inside; yields False if already taken."""
+        return retention_queries.advisory_lock(self.engine, key)
+
 
 # Checked by mypy: PgStore must keep satisfying both ports.
 _RUNNER: type[RunnerStore] = PgStore
 _TASKS: type[TaskStore] = PgStore
+_RETENTION: type[RetentionStore] = PgStore

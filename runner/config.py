@@ -15,6 +15,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.errors import UserError, shown
+from runner.policy.duration import parse_duration
 from runner.policy.scaling import PolicyName, ScalingConfig
 from runner.spec import limits as spec_limits
 from workers.kinds import PoolName, ProviderType
@@ -115,6 +116,25 @@ class RunnerSettings(_Strict):
     outcome_batch: int = Field(default=500, ge=1)  # outcomes recorded per statement
     # seconds a provider is paused after refusing our credentials or model name
     misconfigured_pause: float = Field(default=60.0, gt=0)
+
+
+class RetentionSettings(_Strict):
+    """Automatic pruning by the runners: finished tasks, old errors and alert events."""
+
+    older_than: float = 0.0  # seconds (or "30d"); 0 = off
+    images: bool = False  # also delete the pruned subtasks' image files
+    interval: float = 3_600.0  # seconds (or "1h") between prunes; 0 = off
+    batch: int = Field(default=1_000, ge=1, le=100_000)  # rows deleted per transaction
+
+    @field_validator("older_than", "interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value)
+
+    @property
+    def enabled(self) -> bool:
+        """Both a cutoff and an interval are set."""
+        return self.older_than > 0 and self.interval > 0
 
 
 class SubmitSettings(_Strict):
@@ -225,6 +245,7 @@ class Config(_Strict):
     submit: SubmitSettings = Field(default_factory=SubmitSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     def pool(self, name: str) -> PoolConfig:
         """Settings of pool `name`."""

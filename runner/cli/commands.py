@@ -21,6 +21,7 @@ from db.engine import DatabaseURLError
 from db.records import TaskIsCanceled
 from db.store import PgStore
 from runner.cli import api_commands as cli_api
+from runner.cli import prune as cli_prune
 from runner.cli.app import App, err, out, pass_app, print_json
 from runner.config import Environment, load_config
 from runner.errors import UserError, one_line, shown
@@ -407,6 +408,7 @@ def demo(app: App, log_level: str, service_ms: float | None) -> None:
 
 
 cli_api.register(cli)
+cli_prune.register(cli)
 
 
 def _exit_on_sigterm() -> None:

@@ -1,4 +1,4 @@
-"""A runner's periodic duties: heartbeat, reaping expired leases, scaling ticks, idle stop.
+"""A runner's periodic duties: heartbeat, reaping, scaling ticks, idle stop, retention.
 
 Each loop reads and writes through the store and the `Runner` it serves; none claims or
 runs subtasks (that is the executor's one job).
@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import anyio
 
-from db.ports import RunnerStore
+from db.ports import RetentionStore, RunnerStore
 from db.records import ErrorRecord, ExpiredLease, Outcome
-from runner.config import RunnerSettings
+from runner.config import RetentionSettings, RunnerSettings
 from runner.loop.pool import Pool, Wakeup
 from runner.policy.backoff import SubtaskRetryPolicy
 from runner.policy.classify import Attempt, LeaseExpired, classify
 from runner.policy.scaling import Decision
+from runner.retention import RETENTION_LOCK, PruneReport, prune
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +174,42 @@ async def idle_loop(runner: Runner) -> None:
         if not await runner.store.work_remains(list(runner.pools)):
             log.info("nothing pending, processing or waiting to retry: stopping")
             runner.request_stop()
+
+
+async def retention_once(
+    store: RetentionStore, settings: RetentionSettings, images_root: Path
+) -> PruneReport | None:
+    """Prune as `[retention]` says, unless another runner is pruning (None then)."""
+    async with store.exclusive(RETENTION_LOCK) as mine:
+        if not mine:
+            return None
+        return await prune(
+            store,
+            settings.older_than,
+            images_root=images_root if settings.images else None,
+            batch=settings.batch,
+        )
+
+
+async def retention_loop(
+    store: RetentionStore, settings: RetentionSettings, images_root: Path
+) -> None:
+    """Every `interval`, one runner of the fleet prunes what `[retention]` says is old."""
+    while True:
+        try:
+            report = await retention_once(store, settings, images_root)
+        except Exception as exc:
+            # The type only: a database error's text may carry its URL. Next interval retries.
+            log.warning("retention: prune failed (%s); retrying later", type(exc).__name__)
+        else:
+            if report is not None and report.transactions:
+                log.info(
+                    "retention: pruned %d tasks, %d subtasks, %d images, %d error rows,"
+                    " %d alert events",
+                    report.tasks,
+                    report.subtasks,
+                    report.images,
+                    report.error_logs,
+                    report.outbox,
+                )
+        await anyio.sleep(settings.interval)

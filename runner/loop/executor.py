@@ -269,45 +269,46 @@ class Executor:
             if free == 0:
                 await pool.wakeup.wait(poll)
                 continue
-            # Slots are reserved before the claim: a cut of the limit while it runs (a 429
-            # elsewhere) then only shrinks future claims, never the rows already ours.
-            tokens = [object() for _ in range(free)]
-            for token in tokens:
-                pool.limiter.acquire_on_behalf_of_nowait(token)
-            rows: list[ClaimedSubtask] = []
-            try:
-                # Shielded: a claim cancelled after its commit would strand rows until
-                # their lease expires; rows claimed as a stop arrives are handed back.
-                with anyio.CancelScope(shield=True):
-                    rows = await self.store.claim(
-                        pool.name,
-                        free,
-                        self.executor_id,
-                        self.settings.lease,
-                        self._paused(),
-                    )
-                    if self.stop_requested.is_set():
-                        for row in rows:
-                            self.buffer.record(
-                                Outcome(row.id, row.attempts, "release", self.executor_id)
-                            )
-                        rows = []
-            finally:
-                for token in tokens[len(rows) :]:
-                    pool.limiter.release_on_behalf_of(token)
+            claimed = await self._claim(pool, free)
             if self.stop_requested.is_set():
                 return
             assert self._work_group is not None
-            self.metrics.claims.labels(pool.name).inc(len(rows))
-            for row, token in zip(rows, tokens, strict=False):
+            self.metrics.claims.labels(pool.name).inc(len(claimed))
+            for row, token in claimed:
                 self._held[row.id] = row
                 self._work_group.start_soon(
                     self._run_one, pool, row, self._releaser(pool, row, token)
                 )
-            if len(rows) < free:
+            if len(claimed) < free:
                 # Drained what is due: sleep until notified (new work, a freed slot) or poll.
                 self.idle_wakeup.notify()
                 await pool.wakeup.wait(poll)
+
+    async def _claim(self, pool: Pool, free: int) -> list[tuple[ClaimedSubtask, object]]:
+        """Lease up to `free` rows, each paired with the pool slot reserved for it."""
+        # Slots are reserved before the claim: a cut of the limit while it runs (a 429
+        # elsewhere) then only shrinks future claims, never the rows already ours.
+        tokens = [object() for _ in range(free)]
+        for token in tokens:
+            pool.limiter.acquire_on_behalf_of_nowait(token)
+        rows: list[ClaimedSubtask] = []
+        try:
+            # Shielded: a claim cancelled after its commit would strand rows until their
+            # lease expires; rows claimed as a stop arrives are handed back.
+            with anyio.CancelScope(shield=True):
+                rows = await self.store.claim(
+                    pool.name, free, self.executor_id, self.settings.lease, self._paused()
+                )
+                if self.stop_requested.is_set():
+                    for row in rows:
+                        self.buffer.record(
+                            Outcome(row.id, row.attempts, "release", self.executor_id)
+                        )
+                    rows = []
+        finally:
+            for token in tokens[len(rows) :]:
+                pool.limiter.release_on_behalf_of(token)
+        return list(zip(rows, tokens, strict=False))
 
     # --- running one subtask -------------------------------------------------
 

@@ -20,6 +20,7 @@ from db.records import ClaimedSubtask, Outcome
 from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, PoolConfig, ProviderSettings
+from runner.loop import duties
 from runner.loop.executor import Discard, Executor, Identity, Work
 from runner.loop.journal import Journal
 from workers.errors import PermanentError
@@ -253,6 +254,10 @@ async def serve(
         async with anyio.create_task_group() as group:
             group.start_soon(_signals, executor, group.cancel_scope)
             group.start_soon(alerts.run, session)
+            if config.retention.enabled:
+                group.start_soon(
+                    duties.retention_loop, database, config.retention, output_dir(config, env)
+                )
             if config.runner.metrics_port is not None:
                 group.start_soon(
                     _serve_metrics, executor, config.runner.metrics_host, config.runner.metrics_port

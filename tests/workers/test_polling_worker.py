@@ -84,6 +84,7 @@ async def test_submit_persist_poll_fetch_store(
     stats = await sim_stats(session, sim)
     assert stats["submissions_by_subtask"] == {"7": 1}
     assert stats["by_key"] == {"imgrun-7-0": 1}
+    assert stats["generated_by_key"] == {"imgrun-7-0": 1}
 
 
 async def test_resume_with_external_id_does_not_submit_again(

@@ -98,13 +98,15 @@ async def test_latency_grows_with_queueing(
 async def test_stats_count_keys_and_reset(
     sim: RunningSim, session: aiohttp.ClientSession, fast_retry: RequestRetryPolicy
 ) -> None:
-    """by_key counts each Idempotency-Key; reset zeroes the counters."""
+    """by_key counts each Idempotency-Key, generated_by_key each generation; reset zeroes."""
     provider = standard(sim, session, fast_retry)
     await provider.generate(request(1))
     await provider.generate(request(1))
     await provider.generate(request(2, attempt=1))
     stats = await sim_stats(session, sim)
     assert stats["by_key"] == {"imgrun-1-0": 2, "imgrun-2-1": 1}
+    # Each answered generation counts under its key: the repeat of key 1-0 generated twice.
+    assert stats["generated_by_key"] == {"imgrun-1-0": 2, "imgrun-2-1": 1}
     assert stats["requests"] == 3 and stats["images"] == 3
     async with session.post(f"{sim.url}/_sim/reset") as resp:
         assert resp.status == 200

@@ -46,7 +46,7 @@ async def submit(request: web.Request) -> web.Response:
         ticket = state.capacity.enter_queue()
     except QueueFull as exc:
         return responses.queue_full(state, exc)
-    job = Job(uuid=uuid.uuid4().hex)
+    job = Job(uuid=uuid.uuid4().hex, key=key)
     job.task = asyncio.create_task(_run(state, job, gen, rejection, ticket))
     # A job canceled before it ever ran would otherwise keep its queue place forever.
     job.task.add_done_callback(lambda _: ticket.leave_queue())
@@ -78,6 +78,8 @@ async def _run(
             job.image_ids.append(state.keep_image(rendered.png))
         job.status = "succeeded"
         state.stats.completed += gen.count
+        if job.key:
+            state.stats.generated_by_key[job.key] += 1
 
 
 def _job(request: web.Request) -> Job | web.Response:

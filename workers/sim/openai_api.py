@@ -45,6 +45,8 @@ async def generations(request: web.Request) -> web.Response:
     except QueueFull as exc:
         return responses.queue_full(state, exc)
     state.stats.completed += gen.count
+    if key := request.headers.get("Idempotency-Key"):
+        state.stats.generated_by_key[key] += 1
     return web.json_response({"created": responses.now(), "data": data})
 
 

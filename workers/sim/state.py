@@ -37,6 +37,7 @@ class Job:
     error: str | None = None
     retryable: bool = False
     task: asyncio.Task[None] | None = None
+    key: str | None = None  # the submit's Idempotency-Key
 
 
 class SimState:

@@ -15,6 +15,8 @@ class SimStats:
 
     requests: int = 0
     by_key: Counter[str] = field(default_factory=Counter)
+    # Generations that finished, per Idempotency-Key: a key seen twice here paid twice.
+    generated_by_key: Counter[str] = field(default_factory=Counter)
     submissions_by_subtask: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -42,6 +44,7 @@ class SimStats:
         """Zero every counter but keep the live in_flight gauge."""
         self.requests = self.rate_limited = self.images = self.completed = self.canceled = 0
         self.by_key.clear()
+        self.generated_by_key.clear()
         self.submissions_by_subtask.clear()
         self.faults.clear()
         self.max_in_flight = self.in_flight
@@ -51,6 +54,7 @@ class SimStats:
         return {
             "requests": self.requests,
             "by_key": dict(self.by_key),
+            "generated_by_key": dict(self.generated_by_key),
             "submissions_by_subtask": dict(self.submissions_by_subtask),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,

@@ -1,0 +1,33 @@
+"""A bounded chaos soak in the suite: bench/chaos.py at small size, every promise checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# The soak brings its own embedded PostgreSQL, sim and runners, and stops them all.
+SMALL = ["--subtasks", "150", "--seconds", "10", "--events", "6", "--max-retries", "3"]
+
+
+@pytest.mark.timeout(110)
+def test_small_chaos_soak_keeps_every_promise() -> None:
+    """Kills, terms, a PostgreSQL restart and a fault storm: nothing lost, nothing paid twice."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", *SMALL, "--json"],
+        capture_output=True,
+        timeout=100,
+        check=False,
+    )
+    report = json.loads(done.stdout)
+    events, found = report["events"], report["findings"]
+    assert events["kill"] + events["term"] >= 6
+    assert events["db_restart"] == 1 and events["storms"] == 1
+    assert sum(events["sim_faults"].values()) > 0
+    assert sum(found["by_status"].values()) == 150
+    assert found["images_checked"] == found["by_status"].get("completed", 0) > 0
+    violations = {k: v for k, v in found.items() if isinstance(v, list) and v}
+    assert violations == {}
+    assert done.returncode == 0
