@@ -177,7 +177,7 @@ def db_upgrade(app: App) -> None:
 @pass_app
 def db_url(app: App, hold: bool) -> None:
     """Print the database URL in use (starting the embedded server if that is the one)."""
-    from runner.cli.dbshell import wait_for_stop
+    from runner.cli.dbshell import stop_signals_held
 
     if app.env.database_url:
         click.echo(app.env.database_url)
@@ -185,11 +185,14 @@ def db_url(app: App, hold: bool) -> None:
     server = EmbeddedPostgres(app.env.home)
     url = server.start()
     try:
-        click.echo(url)
         if hold:
-            err.print("holding the embedded server: the URL works until Ctrl-C", style="dim")
-            wait_for_stop()
-        elif not server.shared:
+            with stop_signals_held() as wait_for_stop:
+                click.echo(url)
+                err.print("holding the embedded server: the URL works until Ctrl-C", style="dim")
+                wait_for_stop()
+            return
+        click.echo(url)
+        if not server.shared:
             err.print(
                 "warning: no other imgrun process holds the embedded server, so it stops, and"
                 " this URL stops working, as this command exits; use `imgrun db url --hold`"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from db.pgcluster import psql_command
@@ -13,13 +13,19 @@ from db.pgcluster import psql_command
 PSQL_STOP_WAIT = 5.0  # seconds psql gets to exit after SIGTERM before it is killed
 
 
-def wait_for_stop() -> None:
-    """Block until SIGINT or SIGTERM (either is the normal way to end a hold)."""
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[Callable[[], object]]:
+    """From here on SIGINT/SIGTERM wait in line; the yielded call returns when one arrives.
+
+    Blocked before the caller prints anything, so a signal sent the moment the output
+    appears is waited for, not raised mid-print (either is the normal way to end a hold).
+    """
+    stops = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
-        while True:
-            signal.pause()
-    except (KeyboardInterrupt, SystemExit):
-        return
+        yield lambda: signal.sigwait(stops)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
