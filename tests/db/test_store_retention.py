@@ -47,7 +47,7 @@ async def finish(
             result = {"images": [{"path": str(image), "sha256": "x"}]}
         error = "TransientError: boom" if kind == "failed" else None
         outcomes.append(outcome(row, kind, result=result, error=error))  # type: ignore[arg-type]
-    assert await store.apply_outcomes(outcomes) == n
+    assert await store.apply_outcomes(outcomes) == [row.id for row in rows]
     await age(engine, "tasks", "finished_at", task_id, age_days)
     return task_id
 
