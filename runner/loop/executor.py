@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,9 @@ from runner.config import PoolConfig, RunnerSettings
 from runner.loop import duties
 from runner.loop.journal import Journal
 from runner.loop.metrics import Metrics
-from runner.loop.outcomes import OutcomeBuffer, Release
+from runner.loop.outcomes import Release
 from runner.loop.pool import Pool, Wakeup
+from runner.loop.recorder import Discard, Recorder
 from runner.policy.backoff import SubtaskRetryPolicy
 from runner.policy.classify import Attempt, classify, pressure_of
 from runner.policy.fingerprint import redact
@@ -39,8 +40,6 @@ Work = Callable[
     [ClaimedSubtask, ImageRequest, Callable[[str], Awaitable[None]], Callable[[], Awaitable[bool]]],
     Awaitable[WorkResult],
 ]
-# Removes the files of completions the fence dropped (a stale holder's): nobody records them.
-Discard = Callable[[Sequence[Outcome]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -79,14 +78,10 @@ class Executor:
         self.pools = {name: Pool(name, config, clock()) for name, config in pools.items()}
         self.work = work
         self.secrets = secrets
-        self.discard = discard
-        self.journal = journal
         self.until_idle = until_idle
         self.metrics = metrics or Metrics()
         self.stop_requested = anyio.Event()
-        self.buffer = OutcomeBuffer(settings.outcome_batch)
-        self._flush_wakeup = Wakeup()
-        self._flush_lock = anyio.Lock()
+        self.recorder = Recorder(store, settings.outcome_batch, discard=discard, journal=journal)
         self.idle_wakeup = Wakeup()
         # Claimed and not yet recorded: in flight, or finished and waiting in the buffer.
         self._held: dict[int, ClaimedSubtask] = {}
@@ -117,7 +112,7 @@ class Executor:
         """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
         i = self.identity
         await self.store.register_executor(i.executor_id, i.group, i.host, i.pid, i.version)
-        await self._replay_journals()
+        await self.recorder.replay_journals()
         log.info(
             "runner %s started (pools: %s)",
             self.executor_id,
@@ -126,7 +121,7 @@ class Executor:
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(self.store.listen, self._on_notify)
-                services.start_soon(self._resilient, self._flush_loop)
+                services.start_soon(self._resilient, self.recorder.loop)
                 for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
                     services.start_soon(self._resilient, duty, self)
                 if self.until_idle:
@@ -153,7 +148,7 @@ class Executor:
         finally:
             # Whatever could not be recorded (database down or hung, a second signal) goes
             # to the journal; the next runner on this home records it.
-            self._journal_leftovers()
+            self.recorder.journal_leftovers()
 
     async def _final_flush(self) -> None:
         # Shielded from the caller's cancellation, but bounded, and abort() cuts it short:
@@ -170,50 +165,8 @@ class Executor:
             )
             async for attempt in retrying:
                 with attempt:
-                    await self._flush()
+                    await self.recorder.flush()
                     await self.store.mark_executor_stopped(self.executor_id, self.snapshot())
-
-    def _journal_leftovers(self) -> None:
-        """Write the outcomes still buffered to the journal (synchronously: we are exiting)."""
-        left = self.buffer.waiting()
-        if not left:
-            return
-        if self.journal is None:
-            log.warning(
-                "exiting with %d outcomes unrecorded: their leases return them to pending",
-                len(left),
-            )
-            return
-        try:
-            path = self.journal.write(left)
-        except OSError as exc:
-            log.error("exiting with %d outcomes unrecorded (journal: %s)", len(left), exc)
-            return
-        log.warning(
-            "exiting with %d outcomes unrecorded: kept in %s for the next start", len(left), path
-        )
-
-    async def _replay_journals(self) -> None:
-        """Record the outcomes earlier runners on this home journaled (fenced: harmless)."""
-        if self.journal is None:
-            return
-        for path in await anyio.to_thread.run_sync(self.journal.pending):
-            outcomes = await anyio.to_thread.run_sync(self.journal.load, path)
-            if outcomes is None:
-                continue
-            stood = 0
-            for start in range(0, len(outcomes), self.buffer.max_batch):
-                chunk = outcomes[start : start + self.buffer.max_batch]
-                stands = set(await self.store.apply_outcomes(chunk))
-                stood += len(stands)
-                await self._discard([o for o in chunk if o.subtask_id not in stands])
-            self.journal.remove(path)
-            log.info(
-                "journal %s replayed: %d outcomes recorded, %d dropped by the fence",
-                path.name,
-                stood,
-                len(outcomes) - stood,
-            )
 
     async def _resilient(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run a loop; if the database goes away, wait it out (backing off) and start again."""
@@ -243,7 +196,7 @@ class Executor:
         with anyio.move_on_after(self.settings.shutdown_grace):
             while self._held:
                 await self.idle_wakeup.wait(0.5)
-        unrecorded = self.buffer.outcomes_waiting
+        unrecorded = self.recorder.buffer.outcomes_waiting
         in_flight = len(self._held) - unrecorded
         if in_flight > 0:
             log.info("grace period over: returning %d subtasks to pending", in_flight)
@@ -301,7 +254,7 @@ class Executor:
                 )
                 if self.stop_requested.is_set():
                     for row in rows:
-                        self.buffer.record(
+                        self.recorder.record(
                             Outcome(row.id, row.attempts, "release", self.executor_id)
                         )
                     rows = []
@@ -343,11 +296,15 @@ class Executor:
             result = await self.work(row, request, on_submitted, should_stop)
         except anyio.get_cancelled_exc_class():
             # Shutdown past the grace period: back to pending, attempt not counted.
-            self._record(Outcome(row.id, row.attempts, "release", self.executor_id), release)
+            self.recorder.record(
+                Outcome(row.id, row.attempts, "release", self.executor_id), release
+            )
             raise
         except Canceled:
             # The task was canceled while this attempt ran: stop here, nothing failed.
-            self._record(Outcome(row.id, row.attempts, "canceled", self.executor_id), release)
+            self.recorder.record(
+                Outcome(row.id, row.attempts, "canceled", self.executor_id), release
+            )
         except ProviderError as exc:
             self._on_failure(pool, row, exc, release, traceback_text=None)
         except Exception as exc:
@@ -386,7 +343,7 @@ class Executor:
         outcome = Outcome(
             row.id, row.attempts, "completed", self.executor_id, result=result.to_json()
         )
-        self._record(outcome, release)
+        self.recorder.record(outcome, release)
 
     def _on_failure(
         self,
@@ -424,9 +381,9 @@ class Executor:
             delay=verdict.delay,
             reset_job=verdict.reset_job,
         )
-        self._record(outcome, release)
+        self.recorder.record(outcome, release)
         trace = redact(traceback_text, self.secrets) if traceback_text else None
-        self.buffer.record_error(
+        self.recorder.record_error(
             ErrorRecord(
                 verdict.error_type, verdict.fingerprint, trace, pool.name, row.provider, row.id
             )
@@ -482,53 +439,10 @@ class Executor:
 
     # --- recording -----------------------------------------------------------
 
-    def _record(self, outcome: Outcome, release: Release) -> None:
-        self.buffer.record(outcome, release)
-        self._flush_wakeup.notify()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._flush_wakeup.wait(1.0)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Write everything buffered, one bounded batch per transaction."""
-        async with self._flush_lock:
-            while batch := self.buffer.take():
-                dropped: list[Outcome] = []
-                try:
-                    if batch.entries:
-                        stands = set(await self.store.apply_outcomes(batch.outcomes))
-                        dropped = [o for o in batch.outcomes if o.subtask_id not in stands]
-                    if batch.errors:
-                        for kind, message in await self.store.record_errors(batch.errors):
-                            log.warning("new error: %s: %s", kind, message)
-                except BaseException:
-                    # Not written (or not known to be): put it back. Outcomes are fenced, so
-                    # one that did commit before the connection broke is a no-op next time.
-                    self.buffer.put_back(batch)
-                    raise
-                batch.release()
-                await self._discard(dropped)
-
-    async def _discard(self, dropped: Sequence[Outcome]) -> None:
-        """Log the outcomes the fence dropped and remove the files of dropped completions."""
-        if not dropped:
-            return
-        log.info("%d outcomes dropped: their leases had passed to another attempt", len(dropped))
-        if self.discard is not None:
-            try:
-                await self.discard([o for o in dropped if o.kind == "completed"])
-            except OSError as exc:
-                # Left behind, they are swept by the subtask's next attempt or a prune.
-                log.warning("could not remove a dropped attempt's images: %s", exc)
-
     @property
     def busy(self) -> bool:
         """Work in flight or not yet recorded."""
-        return bool(
-            any(p.running for p in self.pools.values()) or self.buffer or self._flush_lock.locked()
-        )
+        return any(p.running for p in self.pools.values()) or self.recorder.busy
 
     # --- what the periodic duties (runner/loop/duties.py) use ------------------------
 

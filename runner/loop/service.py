@@ -21,8 +21,9 @@ from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, PoolConfig, ProviderSettings
 from runner.loop import duties
-from runner.loop.executor import Discard, Executor, Identity, Work
+from runner.loop.executor import Executor, Identity, Work
 from runner.loop.journal import Journal
+from runner.loop.recorder import Discard
 from workers.errors import PermanentError
 from workers.kinds import LUMINA, POOL_NAMES, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling
