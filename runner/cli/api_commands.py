@@ -58,7 +58,7 @@ def token_create(app: App, name: str, as_json: bool) -> None:
 
     check_name(name)
     token = new_token()
-    if not app.with_store(lambda e: e.create_token(name, hash_token(token))):
+    if not app.with_store(lambda store: store.create_token(name, hash_token(token))):
         raise UserError(f"token {name}: already exists (revoke it first to replace it)")
     if as_json:
         print_json({"name": name, "token": token})
@@ -97,7 +97,7 @@ def token_list(app: App, as_json: bool) -> None:
 @pass_app
 def token_revoke(app: App, name: str) -> None:
     """Delete the token NAME: requests bearing it get 401 from now on."""
-    if not app.with_store(lambda e: e.revoke_token(name)):
+    if not app.with_store(lambda store: store.revoke_token(name)):
         raise UserError(f"token {name}: no such token")
     out.print(f"token {name} revoked")
 
@@ -116,7 +116,7 @@ def results(app: App, task_id: int, fmt: str | None, copy_to: Path | None) -> No
     """A task's results: each subtask's prompt, seed, status and images."""
     from runner.results import copy_images, load_manifest, to_csv
 
-    manifest = app.with_store(lambda e: load_manifest(e, task_id))
+    manifest = app.with_store(lambda store: load_manifest(store, task_id))
     if fmt == "json":
         print_json(manifest)
     elif fmt == "csv":

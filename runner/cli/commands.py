@@ -129,7 +129,7 @@ def _print_preview(expansion: Expansion, summary: dict[str, Any], *, as_json: bo
 @pass_app
 def tasks_command(app: App, limit: int, active: bool, as_json: bool) -> None:
     """List tasks, newest first."""
-    rows = app.with_store(lambda e: e.list_tasks(limit=limit, active_only=active))
+    rows = app.with_store(lambda store: store.list_tasks(limit=limit, active_only=active))
     if as_json:
         print_json([dict(r) for r in rows])
     elif not rows:
@@ -144,7 +144,7 @@ def tasks_command(app: App, limit: int, active: bool, as_json: bool) -> None:
 @pass_app
 def task_command(app: App, task_id: int, as_json: bool) -> None:
     """Show one task: counts by status and its first failures."""
-    task = app.with_store(lambda e: e.get_task(task_id))
+    task = app.with_store(lambda store: store.get_task(task_id))
     if task is None:
         raise UserError(f"task {task_id}: no such task")
     if as_json:
@@ -269,7 +269,7 @@ def run(
 @pass_app
 def cancel(app: App, task_id: int, as_json: bool) -> None:
     """Cancel a task: pending subtasks now, in-flight ones at their next check."""
-    result = app.with_store(lambda e: e.cancel_task(task_id))
+    result = app.with_store(lambda store: store.cancel_task(task_id))
     if result is None:
         raise UserError(f"task {task_id}: no such task")
     if as_json:
@@ -288,7 +288,7 @@ def cancel(app: App, task_id: int, as_json: bool) -> None:
 def retry(app: App, task_id: int, as_json: bool) -> None:
     """Put a task's failed subtasks back to pending."""
     try:
-        result = app.with_store(lambda e: e.retry_task(task_id))
+        result = app.with_store(lambda store: store.retry_task(task_id))
     except TaskIsCanceled as exc:
         raise UserError(f"{exc}; a canceled task cannot be retried, submit it again") from None
     if result is None:
@@ -305,7 +305,7 @@ def retry(app: App, task_id: int, as_json: bool) -> None:
 @pass_app
 def errors(app: App, limit: int, as_json: bool) -> None:
     """Aggregated errors, most frequent first."""
-    rows = app.with_store(lambda e: e.top_errors(limit))
+    rows = app.with_store(lambda store: store.top_errors(limit))
     if as_json:
         print_json(rows)
     elif not rows:
@@ -375,7 +375,9 @@ def status(app: App, live: bool, as_json: bool, refresh: float) -> None:
 
     if live and as_json:
         raise UserError("status: --live and --json cannot be combined")
-    app.with_store(lambda e: show_status(e, out, live=live, as_json=as_json, refresh=refresh))
+    app.with_store(
+        lambda store: show_status(store, out, live=live, as_json=as_json, refresh=refresh)
+    )
 
 
 @cli.command()
