@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.models import Task
-from db.queries import SUBTASK_COPY_COLUMNS, TASK_LIST_COLUMNS, WAKE_CHANNEL, NewTask, SubtaskRow
+from db.queries import (
+    TASK_LIST_COLUMNS,
+    NewTask,
+    SubtaskRow,
+    copy_subtasks,
+    insert_task_row,
+    notify_wake,
+)
 
 # --- tokens --------------------------------------------------------------------------------
 
@@ -112,7 +119,7 @@ async def submit_task_once(
     """Like queries.submit_task, but at most once per `key` (same key, other hash: KeyReused)."""
     try:
         async with engine.begin() as connection:
-            task_id = await _insert_task(connection, task)
+            task_id, first_turn = await insert_task_row(connection, task)
             # A concurrent submit with the same key waits here for ours to commit or roll
             # back, then finds the key taken (or free): one task per key, whatever the timing.
             claimed = await connection.scalar(
@@ -124,11 +131,8 @@ async def submit_task_once(
             )
             if claimed is None:
                 raise _Taken
-            await _copy_subtasks(connection, task_id, task, subtasks)
-            await connection.execute(
-                text("SELECT pg_notify(:channel, :pool)"),
-                {"channel": WAKE_CHANNEL, "pool": task.pool},
-            )
+            await copy_subtasks(connection, task, task_id, first_turn, subtasks)
+            await notify_wake(connection, task.pool)
             return Submitted(task_id, created=True)
     except _Taken:
         pass
@@ -142,28 +146,6 @@ async def submit_task_once(
     if row.request_hash != request_hash:
         raise KeyReused(int(row.task_id))
     return Submitted(int(row.task_id), created=False)
-
-
-async def _insert_task(connection: AsyncConnection, task: NewTask) -> int:
-    result = await connection.execute(
-        insert(Task).returning(Task.id), [vars(task) | {"status": "pending"}]
-    )
-    return int(result.scalar_one())
-
-
-async def _copy_subtasks(
-    connection: AsyncConnection, task_id: int, task: NewTask, subtasks: Iterable[SubtaskRow]
-) -> None:
-    # The same streamed COPY as queries.submit_task: 100k rows in one transaction.
-    async def records() -> AsyncIterator[tuple[Any, ...]]:
-        for ordinal, prompt, params in subtasks:
-            yield (task_id, ordinal, task.pool, task.priority, prompt, params)
-
-    raw = await connection.get_raw_connection()
-    assert raw.driver_connection is not None
-    await raw.driver_connection.copy_records_to_table(
-        "subtasks", records=records(), columns=list(SUBTASK_COPY_COLUMNS)
-    )
 
 
 # --- reads ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -80,6 +81,8 @@ class Task(Base):
     max_retries: Mapped[int] = mapped_column(Integer, server_default="3")
     total_subtasks: Mapped[int] = mapped_column(Integer)
     total_images: Mapped[int] = mapped_column(Integer)
+    # The turn after the task's last subtask: where a later task of the same user starts.
+    turn_end: Mapped[int] = mapped_column(BigInteger, server_default="0")
     completed_subtasks: Mapped[int] = mapped_column(Integer, server_default="0")
     failed_subtasks: Mapped[int] = mapped_column(Integer, server_default="0")
     canceled_subtasks: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -99,13 +102,22 @@ class Subtask(Base):
         # Also the index for every task-scoped query (detail, cancel, retry): one fewer
         # index to maintain keeps a 100k-subtask submit fast.
         UniqueConstraint("task_id", "ordinal"),
-        # The claim is one scan of this partial index, in claim order.
+        # The claim is one scan of this partial index, in claim order: per pool and
+        # provider, priority first, then the fair-share turn (tasks interleave), then id.
         Index(
             "ix_subtasks_claim",
             "pool",
+            "provider",
             text("priority DESC"),
+            "turn",
             "id",
             postgresql_where=text("status = 'pending'"),
+        ),
+        # A provider's subtasks in flight across the fleet: what its limit bounds.
+        Index(
+            "ix_subtasks_in_flight",
+            "provider",
+            postgresql_where=text("status = 'processing'"),
         ),
         # The reaper looks only at in-flight rows.
         Index(
@@ -128,7 +140,10 @@ class Subtask(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     ordinal: Mapped[int] = mapped_column(Integer)
     pool: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(Text)  # the task's, copied: claims route on it
     priority: Mapped[int] = mapped_column(Integer)
+    # Fair share: the task's first turn plus the ordinal, so tasks of one priority interleave.
+    turn: Mapped[int] = mapped_column(BigInteger, server_default="0")
     prompt: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
@@ -160,6 +175,8 @@ class ErrorLog(Base):
     pool: Mapped[str | None] = mapped_column(String(16))
     provider: Mapped[str | None] = mapped_column(Text)
     count: Mapped[int] = mapped_column(BigInteger, server_default="1")
+    # Of `count`, the occurrences an in-attempt retry absorbed (the subtask went on).
+    recovered: Mapped[int] = mapped_column(BigInteger, server_default="0")
     first_occurred_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     last_occurred_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     last_subtask_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -243,3 +260,55 @@ class ProviderPressure(Base):
     provider: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(TZ, server_default=func.now(), index=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class Provider(Base):
+    """One provider's fleet-wide control: its limit, state and recent decisions."""
+
+    __tablename__ = "providers"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    # The config's bounds, written by the runners (the last one to start wins).
+    policy: Mapped[str] = mapped_column(String(16))
+    min_limit: Mapped[int] = mapped_column(Integer)
+    max_concurrency: Mapped[int] = mapped_column(Integer)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    # The controller's state (runner/policy/control_state.ControllerState as JSON); `limit`
+    # is a copy of state.limit the claim reads.
+    limit: Mapped[int] = mapped_column(Integer)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    cooldown_until: Mapped[datetime | None] = mapped_column(TZ)
+    # Newest first, a few dozen: {at, from_limit, to_limit, reason}.
+    decisions: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, server_default=text("'[]'::jsonb")
+    )
+    # The current window began here; the runner that moves it on (compare-and-set) decides.
+    window_started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    # rpm token bucket: tokens left at tokens_at.
+    tokens: Mapped[float | None] = mapped_column(Float)
+    tokens_at: Mapped[datetime | None] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class ProviderReport(Base):
+    """What one runner saw of a provider over a short span; the window's decider sums them."""
+
+    __tablename__ = "provider_reports"
+    __table_args__ = (Index("ix_provider_reports_provider_at", "provider", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text)
+    executor_id: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    completions: Mapped[int] = mapped_column(Integer, server_default="0")
+    rate_limited: Mapped[int] = mapped_column(Integer, server_default="0")
+    unavailable: Mapped[int] = mapped_column(Integer, server_default="0")
+    timeouts: Mapped[int] = mapped_column(Integer, server_default="0")
+    server_errors: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Latencies (seconds) of a bounded sample of the span's completions.
+    latencies: Mapped[list[float]] = mapped_column(
+        ARRAY(Float), server_default=text("'{}'::double precision[]")
+    )
+    ratelimit_remaining: Mapped[int | None] = mapped_column(Integer)
+    ratelimit_limit: Mapped[int | None] = mapped_column(Integer)
+    ratelimit_reset: Mapped[float | None] = mapped_column(Float)

@@ -37,7 +37,29 @@ __all__ = [
 # Channel that wakes runners: payload is the pool name.
 WAKE_CHANNEL = "imgrun_wake"
 
-SUBTASK_COPY_COLUMNS = ("task_id", "ordinal", "pool", "priority", "prompt", "params")
+SUBTASK_COPY_COLUMNS = (
+    "task_id",
+    "ordinal",
+    "pool",
+    "provider",
+    "priority",
+    "turn",
+    "prompt",
+    "params",
+)
+
+# Fair share: a new task's first turn is the earliest turn still waiting at its priority, for
+# its pool and provider. Its subtasks then alternate with the older tasks' rest instead of
+# queueing behind all of it (one probe of the claim index).
+_FIRST_TURN = text(
+    """
+    SELECT coalesce((
+        SELECT turn FROM subtasks
+        WHERE status = 'pending' AND pool = :pool AND provider = :provider
+          AND priority = :priority
+        ORDER BY turn LIMIT 1), 0)
+    """
+)
 
 
 async def submit_task(
@@ -50,31 +72,57 @@ async def submit_task(
 ) -> int:
     """Insert a task and all its subtasks in one transaction (one streamed COPY); returns its id."""
     async with engine.begin() as connection:
-        task_id: int = (
-            await connection.execute(
-                insert(Task).returning(Task.id), [vars(task) | {"status": "pending"}]
-            )
-        ).scalar_one()
-
-        async def records() -> AsyncIterator[tuple[Any, ...]]:
-            # A generator, not a list: the server inserts while we are still expanding.
-            for count, (ordinal, prompt, params) in enumerate(subtasks, 1):
-                yield (task_id, ordinal, task.pool, task.priority, prompt, params)
-                if on_progress and count % progress_every == 0:
-                    on_progress(progress_every)
-            if on_progress:
-                on_progress(task.total_subtasks % progress_every)
-
-        raw = await connection.get_raw_connection()
-        assert raw.driver_connection is not None
-        await raw.driver_connection.copy_records_to_table(
-            "subtasks", records=records(), columns=list(SUBTASK_COPY_COLUMNS)
+        task_id, first_turn = await insert_task_row(connection, task)
+        await copy_subtasks(
+            connection, task, task_id, first_turn, subtasks, on_progress, progress_every
         )
-        # Delivered at commit, so a runner never wakes to rows it cannot see yet.
-        await connection.execute(
-            text("SELECT pg_notify(:channel, :pool)"), {"channel": WAKE_CHANNEL, "pool": task.pool}
-        )
+        await notify_wake(connection, task.pool)
     return task_id
+
+
+async def notify_wake(connection: AsyncConnection, pool: str) -> None:
+    """Wake the runners of `pool`; delivered at commit, so they never wake to unseen rows."""
+    await connection.execute(
+        text("SELECT pg_notify(:channel, :pool)"), {"channel": WAKE_CHANNEL, "pool": pool}
+    )
+
+
+async def insert_task_row(connection: AsyncConnection, task: NewTask) -> tuple[int, int]:
+    """The task row, in the caller's transaction: its id and its subtasks' first turn."""
+    first_turn: int = await connection.scalar(
+        _FIRST_TURN, {"pool": task.pool, "provider": task.provider, "priority": task.priority}
+    )
+    row = vars(task) | {"status": "pending", "turn_end": first_turn + task.total_subtasks}
+    task_id: int = (await connection.execute(insert(Task).returning(Task.id), [row])).scalar_one()
+    return task_id, first_turn
+
+
+async def copy_subtasks(
+    connection: AsyncConnection,
+    task: NewTask,
+    task_id: int,
+    first_turn: int,
+    subtasks: Iterable[SubtaskRow],
+    on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 5_000,
+) -> None:
+    """A task's subtasks, as one streamed COPY in the caller's transaction."""
+
+    async def records() -> AsyncIterator[tuple[Any, ...]]:
+        # A generator, not a list: the server inserts while we are still expanding.
+        pool, provider, priority = task.pool, task.provider, task.priority
+        for count, (ordinal, prompt, params) in enumerate(subtasks, 1):
+            yield (task_id, ordinal, pool, provider, priority, first_turn + ordinal, prompt, params)
+            if on_progress and count % progress_every == 0:
+                on_progress(progress_every)
+        if on_progress:
+            on_progress(task.total_subtasks % progress_every)
+
+    raw = await connection.get_raw_connection()
+    assert raw.driver_connection is not None
+    await raw.driver_connection.copy_records_to_table(
+        "subtasks", records=records(), columns=list(SUBTASK_COPY_COLUMNS)
+    )
 
 
 TASK_LIST_COLUMNS = (
