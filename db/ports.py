@@ -12,11 +12,15 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from db.records import (
-    ClaimedSubtask,
+    ClaimBatch,
+    ControlChange,
     ErrorRecord,
     ExpiredLease,
     NewTask,
     Outcome,
+    ProviderBounds,
+    ProviderReport,
+    ProviderWindow,
     PruneCounts,
     PrunedBatch,
     SubtaskRow,
@@ -30,14 +34,12 @@ class SubtaskLeases(Protocol):
     """Claiming subtasks and moving them on: every transition is fenced by lease holder."""
 
     async def claim(
-        self,
-        pool: str,
-        n: int,
-        executor_id: str,
-        lease: float,
-        skip_providers: Sequence[str] = (),
-    ) -> list[ClaimedSubtask]:
-        """Lease up to `n` due subtasks of `pool`, highest priority first, then oldest."""
+        self, pool: str, provider: str, n: int, executor_id: str, lease: float
+    ) -> ClaimBatch:
+        """Lease up to `n` due subtasks of `pool` for `provider`, within its fleet-wide limit.
+
+        Highest priority first, then by fair-share turn (tasks interleave), then oldest.
+        """
         ...
 
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
@@ -107,7 +109,35 @@ class ErrorSink(Protocol):
         ...
 
 
-class RunnerStore(SubtaskLeases, ExecutorRegistry, QueueSignals, ErrorSink, Protocol):
+# A pressure event on a provider's stored state: (state, now in epoch seconds) -> change.
+OnPressure = Callable[[dict[str, Any], float], ControlChange | None]
+# The end of a provider's window: (state, the fleet's window, now) -> change.
+DecideWindow = Callable[[dict[str, Any], ProviderWindow, float], ControlChange]
+
+
+class FleetStore(Protocol):
+    """The providers' fleet-wide rows, as a runner reaches them."""
+
+    async def register_providers(self, providers: Sequence[ProviderBounds]) -> None:
+        """Create or update the providers' rows with this runner's bounds."""
+        ...
+
+    async def record_pressure(self, name: str, rule: OnPressure) -> str | None:
+        """Apply a pressure rule under the row's lock; the reason if something changed."""
+        ...
+
+    async def insert_reports(self, executor_id: str, reports: Sequence[ProviderReport]) -> None:
+        """Store this runner's counts since its last report."""
+        ...
+
+    async def decide_window(
+        self, name: str, window: float, pools: Sequence[str], pending_cap: int, rule: DecideWindow
+    ) -> str | None:
+        """Decide the provider's window if it is due and no other runner is deciding it."""
+        ...
+
+
+class RunnerStore(SubtaskLeases, ExecutorRegistry, QueueSignals, ErrorSink, FleetStore, Protocol):
     """Everything the runner loop needs from the database, and nothing else."""
 
 

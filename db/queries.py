@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from db.models import Subtask, Task
 
 # Re-exported: the records were defined here first and callers import them from here.
 from db.records import (
+    ClaimBatch,
     ClaimedSubtask,
     ErrorRecord,
     ExpiredLease,
@@ -201,12 +203,31 @@ def jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-_CLAIM_SQL = """
-    WITH picked AS (
+# A provider's limit is fleet-wide: every claim for it first locks its row, so claims for one
+# provider take turns, and counts what is in flight in a new statement (a new snapshot, taken
+# after the lock: it sees the claims committed before ours).
+LOCK_PROVIDER = text(
+    """
+    SELECT "limit", rpm, tokens,
+           greatest(0, extract(epoch FROM cooldown_until - now())) AS cooldown,
+           extract(epoch FROM now() - tokens_at) AS since_refill
+    FROM providers WHERE name = :provider
+    FOR UPDATE
+    """
+)
+
+CLAIM = text(
+    """
+    WITH headroom AS (
+        SELECT greatest(0, least(CAST(:n AS int), CAST(:limit AS int) - count(*))) AS n
+        FROM subtasks WHERE status = 'processing' AND provider = :provider
+    ), picked AS (
         SELECT id FROM subtasks
-        WHERE status = 'pending' AND pool = :pool AND run_after <= now() {skip}
-        ORDER BY priority DESC, id
-        LIMIT :n
+        WHERE status = 'pending' AND pool = :pool AND provider = :provider
+          AND run_after <= now()
+        -- Priority first; within it the fair-share turn interleaves tasks.
+        ORDER BY priority DESC, turn, id
+        LIMIT (SELECT n FROM headroom)
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE subtasks s
@@ -215,40 +236,72 @@ _CLAIM_SQL = """
             started_at = coalesce(s.started_at, now()), updated_at = now()
         FROM picked WHERE s.id = picked.id
         RETURNING s.id, s.task_id, s.ordinal, s.pool, s.prompt, s.params, s.attempts,
-                  s.retry_count, s.deferrals, s.external_id
+                  s.retry_count, s.deferrals, s.external_id, s.provider
     ), started AS (
         UPDATE tasks SET status = 'running', started_at = now()
         WHERE id IN (SELECT task_id FROM claimed) AND status = 'pending'
     )
-    SELECT claimed.*, t.provider, t.max_retries
-    FROM claimed JOIN tasks t ON t.id = claimed.task_id
-    ORDER BY claimed.id
-"""
-CLAIM = text(_CLAIM_SQL.format(skip=""))
-# While a provider is paused (it refused our credentials or model), its subtasks stay put.
-CLAIM_SKIPPING = text(
-    _CLAIM_SQL.format(
-        skip="AND task_id NOT IN (SELECT id FROM tasks WHERE provider = ANY(CAST(:skip AS text[])))"
-    )
+    -- One row even when nothing was claimed: the headroom says whether the limit bound us.
+    SELECT h.n AS headroom, c.*, t.max_retries
+    FROM headroom h
+    LEFT JOIN (claimed c JOIN tasks t ON t.id = c.task_id) ON true
+    ORDER BY c.id
+    """
+)
+
+SPEND_TOKENS = text(
+    "UPDATE providers SET tokens = :tokens, tokens_at = now() WHERE name = :provider"
 )
 
 
 async def claim(
     engine: AsyncEngine,
     pool: str,
+    provider: str,
     n: int,
     executor_id: str,
     lease: float,
-    skip_providers: Sequence[str] = (),
-) -> list[ClaimedSubtask]:
-    """Lease up to `n` due subtasks of `pool`, highest priority first (SKIP LOCKED)."""
-    params: dict[str, Any] = {"pool": pool, "n": n, "executor": executor_id, "lease": lease}
-    statement = CLAIM
-    if skip_providers:
-        statement, params["skip"] = CLAIM_SKIPPING, list(skip_providers)
+) -> ClaimBatch:
+    """Lease up to `n` due subtasks of `pool` for `provider`, within its fleet-wide limit."""
     async with engine.begin() as connection:
-        rows = await connection.execute(statement, params)
-        return [ClaimedSubtask(**row) for row in rows.mappings()]
+        bounds = (await connection.execute(LOCK_PROVIDER, {"provider": provider})).one_or_none()
+        if bounds is None:
+            return ClaimBatch([])  # not registered yet: the runner registers it at start
+        if bounds.cooldown > 0:
+            return ClaimBatch([], cooldown=float(bounds.cooldown))
+        want, tokens = n, None
+        if bounds.rpm is not None:
+            tokens = _refilled(bounds.rpm, bounds.tokens, bounds.since_refill)
+            want = min(n, math.floor(tokens))
+        params = {
+            "pool": pool,
+            "provider": provider,
+            "n": want,
+            "limit": bounds.limit,
+            "executor": executor_id,
+            "lease": lease,
+        }
+        result = (await connection.execute(CLAIM, params)).mappings().all()
+        headroom = int(result[0]["headroom"])
+        rows = [_claimed(row) for row in result if row["id"] is not None]
+        if tokens is not None:
+            await connection.execute(
+                SPEND_TOKENS, {"provider": provider, "tokens": tokens - len(rows)}
+            )
+        return ClaimBatch(rows, at_limit=headroom < n)
+
+
+def _claimed(row: Any) -> ClaimedSubtask:
+    return ClaimedSubtask(**{k: v for k, v in row.items() if k != "headroom"})
+
+
+def _refilled(rpm: int, tokens: float | None, since: float | None) -> float:
+    """The rpm bucket's tokens now: it refills rpm/60 a second up to one second's worth."""
+    rate = rpm / 60
+    capacity = max(1.0, rate)
+    if tokens is None or since is None:
+        return capacity
+    return min(capacity, tokens + max(0.0, float(since)) * rate)
 
 
 APPLY_OUTCOMES = text(

@@ -121,3 +121,80 @@ class PrunedBatch:
     subtasks: int
     tasks: int
     image_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    """What one claim for a provider got: rows, and why it got fewer than asked."""
+
+    rows: list[ClaimedSubtask]
+    cooldown: float = 0.0  # seconds the provider is still paused for (nothing was claimed)
+    at_limit: bool = False  # the provider's fleet-wide limit (or rpm budget) bounded the claim
+
+
+@dataclass(frozen=True)
+class ProviderBounds:
+    """A provider's configured control, written to its fleet-wide row by each runner."""
+
+    name: str
+    policy: str
+    min_limit: int
+    max_concurrency: int
+    rpm: int | None
+    initial_state: dict[str, Any]  # the controller's first state, if the row is new
+
+
+@dataclass(frozen=True)
+class ProviderReport:
+    """What one runner saw of a provider since its previous report."""
+
+    provider: str
+    completions: int = 0
+    rate_limited: int = 0
+    unavailable: int = 0
+    timeouts: int = 0
+    server_errors: int = 0
+    latencies: tuple[float, ...] = ()  # seconds, a bounded sample
+    ratelimit_remaining: int | None = None
+    ratelimit_limit: int | None = None
+    ratelimit_reset: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to report."""
+        return not (
+            self.completions
+            or self.rate_limited
+            or self.unavailable
+            or self.timeouts
+            or self.server_errors
+            or self.ratelimit_remaining is not None
+        )
+
+
+@dataclass(frozen=True)
+class ProviderWindow:
+    """The whole fleet's view of a provider over one window, summed from the reports."""
+
+    elapsed: float
+    in_flight: int
+    pending: int
+    completions: int
+    rate_limited: int
+    unavailable: int
+    timeouts: int
+    server_errors: int
+    latencies: tuple[float, ...]
+    ratelimit_remaining: int | None
+    ratelimit_limit: int | None
+    ratelimit_reset: float | None
+
+
+@dataclass(frozen=True)
+class ControlChange:
+    """A new controller state for a provider, and why (None: nothing worth recording)."""
+
+    state: dict[str, Any]
+    limit: int
+    cooldown_until: float | None  # epoch seconds
+    reason: str | None

@@ -10,15 +10,25 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import api_queries, notify, outbox, queries, retention_queries, status_queries
+from db import (
+    api_queries,
+    notify,
+    outbox,
+    provider_queries,
+    queries,
+    retention_queries,
+    status_queries,
+)
 from db.api_queries import Submitted
 from db.outbox import OutboxEvent
-from db.ports import DecideLeases, RetentionStore, RunnerStore, TaskStore
+from db.ports import DecideLeases, DecideWindow, OnPressure, RetentionStore, RunnerStore, TaskStore
 from db.records import (
-    ClaimedSubtask,
+    ClaimBatch,
     ErrorRecord,
     NewTask,
     Outcome,
+    ProviderBounds,
+    ProviderReport,
     PruneCounts,
     PrunedBatch,
     SubtaskRow,
@@ -35,15 +45,36 @@ class PgStore:
     # --- SubtaskLeases ---------------------------------------------------
 
     async def claim(
-        self,
-        pool: str,
-        n: int,
-        executor_id: str,
-        lease: float,
-        skip_providers: Sequence[str] = (),
-    ) -> list[ClaimedSubtask]:
-        """Lease up to `n` due subtasks of `pool` (SKIP LOCKED)."""
-        return await queries.claim(self.engine, pool, n, executor_id, lease, skip_providers)
+        self, pool: str, provider: str, n: int, executor_id: str, lease: float
+    ) -> ClaimBatch:
+        """Lease up to `n` due subtasks of `pool` for `provider` (SKIP LOCKED, fleet limit)."""
+        return await queries.claim(self.engine, pool, provider, n, executor_id, lease)
+
+    # --- FleetStore ------------------------------------------------------
+
+    async def register_providers(self, providers: Sequence[ProviderBounds]) -> None:
+        """Create or update the providers' rows with this runner's bounds."""
+        await provider_queries.register_providers(self.engine, providers)
+
+    async def record_pressure(self, name: str, rule: OnPressure) -> str | None:
+        """Apply a pressure rule under the row's lock."""
+        return await provider_queries.record_pressure(self.engine, name, rule)
+
+    async def insert_reports(self, executor_id: str, reports: Sequence[ProviderReport]) -> None:
+        """Store this runner's counts."""
+        await provider_queries.insert_reports(self.engine, executor_id, reports)
+
+    async def decide_window(
+        self, name: str, window: float, pools: Sequence[str], pending_cap: int, rule: DecideWindow
+    ) -> str | None:
+        """Decide the provider's window if it is due and nobody else is."""
+        return await provider_queries.decide_window(
+            self.engine, name, window, pools, pending_cap, rule
+        )
+
+    async def provider_rows(self) -> list[dict[str, Any]]:
+        """Every provider's fleet-wide row, for the status view."""
+        return await provider_queries.provider_rows(self.engine)
 
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record attempts' outcomes (fenced); returns the subtask ids whose outcome stands."""

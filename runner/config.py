@@ -15,10 +15,12 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.errors import UserError, shown
+from runner.policy.control_state import ControllerConfig
+from runner.policy.control_state import Policy as ControlPolicy
 from runner.policy.duration import parse_duration
 from runner.policy.scaling import PolicyName, ScalingConfig
 from runner.spec import limits as spec_limits
-from workers.kinds import PoolName, ProviderType
+from workers.kinds import POOL_NAMES, PROVIDER_POOLS, PoolName, ProviderType
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, never megabytes
 
@@ -37,13 +39,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_TUNING: dict[str, Any] = {
-    f.name: f.default
-    for f in dataclasses.fields(ScalingConfig)
-    if f.default is not dataclasses.MISSING
-}
-
-
 class PoolConfig(_Strict):
     """One concurrency pool's limits, scaling cadence and timeouts (seconds)."""
 
@@ -57,14 +52,6 @@ class PoolConfig(_Strict):
     polling_interval: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=60, ge=1)
     policy: PolicyName = "adaptive"
-    # The adaptive policy's tuning; defaults (and units) are ScalingConfig's own.
-    decrease_factor: float = Field(default=_TUNING["decrease_factor"], gt=0, lt=1)
-    min_limit: int = Field(default=_TUNING["min_limit"], ge=1)
-    pressure_window: float = Field(default=_TUNING["pressure_window"], ge=0)
-    pressure_cooldown: float = Field(default=_TUNING["pressure_cooldown"], ge=0)
-    fast_scale_up_interval: float = Field(default=_TUNING["fast_scale_up_interval"], ge=0)
-    latency_tolerance: float = Field(default=_TUNING["latency_tolerance"], ge=1)
-    latency_alpha: float = Field(default=_TUNING["latency_alpha"], gt=0, le=1)
 
     def scaling(self) -> ScalingConfig:
         """The policy's config: every field the two share, by name (the one conversion)."""
@@ -75,9 +62,10 @@ class PoolConfig(_Strict):
     def _initial_within_max(self) -> PoolConfig:
         if self.initial > self.max:
             raise ValueError(f"initial ({self.initial}) is above max ({self.max})")
-        if self.min_limit > self.initial:
-            raise ValueError(f"min_limit ({self.min_limit}) is above initial ({self.initial})")
         return self
+
+
+NULL_PROVIDER_LIMIT = 1_000
 
 
 class ProviderSettings(_Strict):
@@ -92,6 +80,34 @@ class ProviderSettings(_Strict):
     timeout: float = Field(default=120.0, gt=0)
     request_attempts: int = Field(default=4, ge=1, le=20)  # tries of one HTTP step per attempt
     request_retry_wait: float = Field(default=0.5, ge=0)  # seconds before the first re-try
+    # --- fleet-wide control (one limit per provider, shared by every runner) ---
+    policy: ControlPolicy | None = None  # default: adaptive ("fixed" for the null provider)
+    initial: int | None = Field(default=None, ge=1)  # default 10 (null: max_concurrency)
+    min: int = Field(default=1, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)  # hard cap; default 50 (null 1000)
+    rpm: int | None = Field(default=None, ge=1)  # fleet-wide requests per minute
+    max_retry_after: float = Field(default=300.0, ge=0)  # seconds; longer ones are clamped
+    window: float = Field(default=5.0, gt=0, le=3_600)  # seconds between fleet decisions
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> ProviderSettings:
+        control = self.control()  # raises ValueError (a validation error) when out of order
+        del control
+        return self
+
+    def control(self) -> ControllerConfig:
+        """This provider's fleet-wide controller configuration, defaults resolved."""
+        overhead_only = self.type == "null"  # measures the runner itself: never the bottleneck
+        cap = self.max_concurrency or (NULL_PROVIDER_LIMIT if overhead_only else 50)
+        initial = self.initial or (cap if overhead_only else min(10, cap))
+        return ControllerConfig(
+            policy=self.policy or ("fixed" if overhead_only else "adaptive"),
+            initial=initial,
+            min=min(self.min, initial),
+            max_concurrency=cap,
+            window=self.window,
+            max_retry_after=self.max_retry_after,
+        )
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -116,6 +132,10 @@ class RunnerSettings(_Strict):
     outcome_batch: int = Field(default=500, ge=1)  # outcomes recorded per statement
     # seconds a provider is paused after refusing our credentials or model name
     misconfigured_pause: float = Field(default=60.0, gt=0)
+    # Routing (`imgrun run --pool P --provider NAME`): what this runner claims. Empty: every
+    # pool, and every configured provider that can serve it.
+    pools: tuple[PoolName, ...] = ()
+    providers: tuple[str, ...] = ()
 
 
 class RetentionSettings(_Strict):
@@ -250,6 +270,45 @@ class Config(_Strict):
     def pool(self, name: str) -> PoolConfig:
         """Settings of pool `name`."""
         return self.pools[name]  # type: ignore[index]  # callers pass validated pool names
+
+    def with_runner(self, **settings: object) -> Config:
+        """This config with `[runner]` settings replaced (flags), validated; UserError if bad."""
+        data = self.model_dump()
+        data["runner"] |= {k: v for k, v in settings.items() if v not in (None, ())}
+        try:
+            return Config.model_validate(data)
+        except ValidationError as exc:
+            raise UserError(describe_validation_error(exc)) from None
+
+    def routes(self) -> dict[str, list[str]]:
+        """pool -> the providers this runner claims for in it (only configured ones)."""
+        pools = self.runner.pools or POOL_NAMES
+        wanted = self.runner.providers or tuple(self.providers)
+        return {
+            pool: [
+                name
+                for name in wanted
+                if name in self.providers and pool in PROVIDER_POOLS[self.providers[name].type]
+            ]
+            for pool in pools
+        }
+
+    @model_validator(mode="after")
+    def _routes_resolve(self) -> Config:
+        unknown = [name for name in self.runner.providers if name not in self.providers]
+        if unknown:
+            raise ValueError(
+                f"runner.providers: {', '.join(unknown)} has no [providers.{unknown[0]}] section"
+            )
+        routes = self.routes()
+        for name in self.runner.providers:
+            if not any(name in served for served in routes.values()):
+                kind = self.providers[name].type
+                raise ValueError(
+                    f"runner.providers: {name} (type {kind}) serves none of the pools "
+                    f"{', '.join(routes)}"
+                )
+        return self
 
 
 def default_home() -> Path:

@@ -29,6 +29,7 @@ from runner.spec.model import Expansion, load_spec
 from runner.submit import check_key, prepare, submit_once, summary
 from runner.submit import submit as submit_expansion
 from runner.view.tables import demo_summary, errors_table, task_detail, tasks_table
+from workers.kinds import POOL_NAMES
 
 PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is worth drawing
 PREVIEW_SUBTASKS = 5  # subtasks a dry run shows
@@ -234,6 +235,19 @@ def db_shell(app: App, psql_args: tuple[str, ...]) -> None:
 )
 @click.option("--executor-id", help="Name this runner (default: host-pid-random).")
 @click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    type=click.Choice(POOL_NAMES),
+    help="Claim only this pool (repeatable; default: every pool).",
+)
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    help="Claim only this provider's subtasks (repeatable; default: every configured one).",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -244,21 +258,27 @@ def db_shell(app: App, psql_args: tuple[str, ...]) -> None:
 )
 @pass_app
 def run(
-    app: App, until_idle: bool, executor_id: str | None, log_level: str, log_format: str
+    app: App,
+    until_idle: bool,
+    executor_id: str | None,
+    pools: tuple[str, ...],
+    providers: tuple[str, ...],
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the long-running runner: claim subtasks and generate their images."""
     from runner.checks import validate_providers
     from runner.cli.logs import setup_logging
     from runner.loop.service import serve
 
-    # Every provider, before the database is even opened: a typo must not fail claimed work.
-    validate_providers(app.config, app.env)
-    setup_logging(log_level, log_format)  # type: ignore[arg-type]
-    config = app.config
+    flags: dict[str, object] = {"pools": pools, "providers": providers}
     if executor_id:
-        config = config.model_copy(
-            update={"runner": config.runner.model_copy(update={"executor_id": executor_id})}
-        )
+        flags["executor_id"] = executor_id
+    config = app.config.with_runner(**flags)
+    # Every provider, before the database is even opened: a typo must not fail claimed work.
+    routed = {name for names in config.routes().values() for name in names}
+    validate_providers(config, app.env, names=routed)
+    setup_logging(log_level, log_format)  # type: ignore[arg-type]
 
     app.with_engine(lambda engine: serve(engine, config, app.env, until_idle=until_idle))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from db.ports import RunnerStore
 from db.records import ClaimedSubtask, ErrorRecord, Outcome
 from runner.config import PoolConfig, RunnerSettings
 from runner.loop import duties
+from runner.loop.fleet import Fleet
 from runner.loop.journal import Journal
 from runner.loop.metrics import Metrics
 from runner.loop.outcomes import Release
@@ -32,6 +33,7 @@ from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
 
+AT_LIMIT_RETRY = 0.05  # seconds: a provider at its fleet limit frees slots as any runner finishes
 FINAL_FLUSH_TIMEOUT = 5.0  # seconds at exit to record what is left; leases cover the rest
 
 # Runs one claimed subtask to a result; raises ProviderError subclasses on failure.
@@ -40,6 +42,9 @@ Work = Callable[
     [ClaimedSubtask, ImageRequest, Callable[[str], Awaitable[None]], Callable[[], Awaitable[bool]]],
     Awaitable[WorkResult],
 ]
+
+# A claimed row and the pool slot reserved for it.
+Reserved = tuple[ClaimedSubtask, object]
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class Executor:
         settings: RunnerSettings,
         pools: Mapping[str, PoolConfig],
         work: Work,
+        fleet: Fleet,
+        routes: Mapping[str, Sequence[str]],
         *,
         secrets: tuple[str, ...] = (),
         discard: Discard | None = None,
@@ -77,6 +84,9 @@ class Executor:
         self.clock = clock
         self.pools = {name: Pool(name, config, clock()) for name, config in pools.items()}
         self.work = work
+        self.fleet = fleet
+        # pool -> the providers this runner claims for in it (those it has a config for)
+        self.routes = {pool: list(routes.get(pool, ())) for pool in self.pools}
         self.secrets = secrets
         self.until_idle = until_idle
         self.metrics = metrics or Metrics()
@@ -86,7 +96,8 @@ class Executor:
         # Claimed and not yet recorded: in flight, or finished and waiting in the buffer.
         self._held: dict[int, ClaimedSubtask] = {}
         self._canceled_tasks: set[int] = set()
-        # provider -> until (monotonic): it refused our credentials or model; skip its work
+        # provider -> until (monotonic): paused (its fleet cooldown, or it refused our
+        # credentials or model): claims skip it until then
         self._paused_providers: dict[str, float] = {}
         self._work_group: anyio.abc.TaskGroup | None = None
         self._aborted = False
@@ -112,6 +123,7 @@ class Executor:
         """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
         i = self.identity
         await self.store.register_executor(i.executor_id, i.group, i.host, i.pid, i.version)
+        await self.fleet.register(time.time())
         await self.recorder.replay_journals()
         log.info(
             "runner %s started (pools: %s)",
@@ -124,6 +136,9 @@ class Executor:
                 services.start_soon(self._resilient, self.recorder.loop)
                 for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
                     services.start_soon(self._resilient, duty, self)
+                services.start_soon(self._resilient, self.fleet.report_loop)
+                for control in self.fleet.providers.values():
+                    services.start_soon(self._resilient, self.fleet.pressure_loop, control)
                 if self.until_idle:
                     services.start_soon(self._resilient, duties.idle_loop, self)
                 async with anyio.create_task_group() as work:
@@ -213,16 +228,11 @@ class Executor:
     async def _claim_loop(self, pool: Pool) -> None:
         poll = self.settings.poll_interval
         while True:
-            now = self.clock()
-            paused_until = pool.policy.paused_until
-            if paused_until is not None and paused_until > now:
-                await pool.wakeup.wait(min(poll, paused_until - now))
-                continue
             free = pool.free
             if free == 0:
                 await pool.wakeup.wait(poll)
                 continue
-            claimed = await self._claim(pool, free)
+            claimed, wait = await self._claim(pool, free)
             if self.stop_requested.is_set():
                 return
             assert self._work_group is not None
@@ -235,23 +245,40 @@ class Executor:
             if len(claimed) < free:
                 # Drained what is due: sleep until notified (new work, a freed slot) or poll.
                 self.idle_wakeup.notify()
-                await pool.wakeup.wait(poll)
+                await pool.wakeup.wait(min(poll, wait))
 
-    async def _claim(self, pool: Pool, free: int) -> list[tuple[ClaimedSubtask, object]]:
-        """Lease up to `free` rows, each paired with the pool slot reserved for it."""
-        # Slots are reserved before the claim: a cut of the limit while it runs (a 429
-        # elsewhere) then only shrinks future claims, never the rows already ours.
+    async def _claim(
+        self, pool: Pool, free: int
+    ) -> tuple[list[tuple[ClaimedSubtask, object]], float]:
+        """Lease up to `free` rows across the pool's providers, each with its reserved slot.
+
+        Also returns how long to wait before trying again if the claim came up short: a
+        provider at its fleet-wide limit frees slots as any runner finishes, so it is asked
+        again soon; a paused one after its cooldown.
+        """
+        # Slots are reserved before the claim: a cut of the limit while it runs then only
+        # shrinks future claims, never the rows already ours.
         tokens = [object() for _ in range(free)]
         for token in tokens:
             pool.limiter.acquire_on_behalf_of_nowait(token)
         rows: list[ClaimedSubtask] = []
+        wait = self.settings.poll_interval
         try:
             # Shielded: a claim cancelled after its commit would strand rows until their
             # lease expires; rows claimed as a stop arrives are handed back.
             with anyio.CancelScope(shield=True):
-                rows = await self.store.claim(
-                    pool.name, free, self.executor_id, self.settings.lease, self._paused()
-                )
+                for provider in self._providers_to_claim(pool):
+                    batch = await self.store.claim(
+                        pool.name, provider, free - len(rows), self.executor_id, self.settings.lease
+                    )
+                    rows.extend(batch.rows)
+                    if batch.cooldown > 0:
+                        self._paused_providers[provider] = self.clock() + batch.cooldown
+                        wait = min(wait, batch.cooldown)
+                    elif batch.at_limit:
+                        wait = min(wait, AT_LIMIT_RETRY)
+                    if len(rows) == free:
+                        break
                 if self.stop_requested.is_set():
                     for row in rows:
                         self.recorder.record(
@@ -261,7 +288,15 @@ class Executor:
         finally:
             for token in tokens[len(rows) :]:
                 pool.limiter.release_on_behalf_of(token)
-        return list(zip(rows, tokens, strict=False))
+        return list(zip(rows, tokens, strict=False)), wait
+
+    def _providers_to_claim(self, pool: Pool) -> list[str]:
+        """The pool's providers not paused right now, starting after the last one served."""
+        providers = self.routes[pool.name]
+        if len(providers) > 1:
+            providers.append(providers.pop(0))  # rotate: no provider always goes first
+        now = self.clock()
+        return [p for p in providers if self._paused_providers.get(p, 0.0) <= now]
 
     # --- running one subtask -------------------------------------------------
 
@@ -291,7 +326,7 @@ class Executor:
         async def should_stop() -> bool:
             return row.task_id in self._canceled_tasks
 
-        started = self.clock()
+        started, sent_at = self.clock(), time.time()
         try:
             result = await self.work(row, request, on_submitted, should_stop)
         except anyio.get_cancelled_exc_class():
@@ -306,13 +341,13 @@ class Executor:
                 Outcome(row.id, row.attempts, "canceled", self.executor_id), release
             )
         except ProviderError as exc:
-            self._on_failure(pool, row, exc, release, traceback_text=None)
+            self._on_failure(pool, row, exc, release, sent_at, traceback_text=None)
         except Exception as exc:
             # A bug in a worker or adapter: keep the runner alive, count it as retryable.
             # Logged redacted: the exception's text may quote a request and its key.
             trace = redact(traceback.format_exc(), self.secrets)
             log.error("unexpected error running subtask %d\n%s", row.id, trace)
-            self._on_failure(pool, row, exc, release, traceback_text=trace)
+            self._on_failure(pool, row, exc, release, sent_at, traceback_text=trace)
         else:
             self._on_success(pool, row, result, self.clock() - started, release)
 
@@ -338,6 +373,7 @@ class Executor:
     ) -> None:
         pool.window.completed += 1
         pool.window.latencies.append(elapsed)
+        self.fleet.on_success(row.provider, elapsed)
         self.metrics.completions.labels(pool.name, row.provider).inc()
         self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
         outcome = Outcome(
@@ -351,6 +387,7 @@ class Executor:
         row: ClaimedSubtask,
         exc: Exception,
         release: Release,
+        sent_at: float,
         traceback_text: str | None,
     ) -> None:
         policy = SubtaskRetryPolicy(
@@ -368,7 +405,7 @@ class Executor:
         )
         if verdict.pause_provider:
             self._pause_provider(row.provider, verdict.error)
-        self._pressure(pool, verdict.pressure, verdict.retry_after)
+        self._pressure(pool, row.provider, verdict.pressure, verdict.retry_after, sent_at)
         if verdict.counts_as_failure:
             pool.window.failures += 1
         self.metrics.failures.labels(pool.name, row.provider, verdict.kind).inc()
@@ -411,21 +448,29 @@ class Executor:
             provider,
         )
 
-    def observe_retry(self, pool_name: str, exc: BaseException) -> None:
-        """An error a provider's own retries absorbed: still a pressure signal for the pool."""
+    def observe_retry(self, pool_name: str, provider: str, exc: BaseException) -> None:
+        """An error a provider's own retries absorbed: still a pressure signal for the fleet."""
         pool = self.pools.get(pool_name)
         if pool is not None:
             retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-            self._pressure(pool, pressure_of(exc), retry_after)
+            self._pressure(pool, provider, pressure_of(exc), retry_after, None)
 
-    def _pressure(self, pool: Pool, kind: PressureKind | None, retry_after: float | None) -> None:
+    def _pressure(
+        self,
+        pool: Pool,
+        provider: str,
+        kind: PressureKind | None,
+        retry_after: float | None,
+        sent_at: float | None,
+    ) -> None:
+        """Count a 429, 503 or timeout; the provider's fleet-wide controller reacts to it."""
         if kind is None:
             return
         if kind == "timeout":
             pool.window.timeouts += 1
         else:
             pool.window.rate_limited += 1
-        self.adopt(pool, pool.policy.on_pressure(kind, retry_after, self.clock()))
+        self.fleet.on_signal(provider, kind, retry_after, sent_at)
 
     def adopt(self, pool: Pool, decision: Decision) -> None:
         """Apply a scaling decision to a pool, counting and logging a change."""

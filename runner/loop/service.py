@@ -7,7 +7,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,11 @@ from runner.alerts.delivery import AlertDelivery
 from runner.config import Config, Environment, PoolConfig, ProviderSettings
 from runner.loop import duties
 from runner.loop.executor import Executor, Identity, Work
+from runner.loop.fleet import Fleet
 from runner.loop.journal import Journal
 from runner.loop.recorder import Discard
 from workers.errors import PermanentError
-from workers.kinds import LUMINA, POOL_NAMES, STANDARD, pool_kind
+from workers.kinds import LUMINA, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling
 from workers.providers.base import QueueProvider, StandardProvider
 from workers.providers.config import ProviderConfig, ProviderConfigError
@@ -62,8 +63,8 @@ class Providers:
         self.config = config
         self.env = env
         self.session = session
-        # Told (pool, error) of every error a provider's own retries absorb.
-        self.on_retry: Callable[[str, BaseException], None] | None = None
+        # Told (pool, provider, error) of every error a provider's own retries absorb.
+        self.on_retry: Callable[[str, str, BaseException], None] | None = None
         self._standard: dict[str, StandardProvider] = {}
         self._queue: dict[str, QueueProvider] = {}
 
@@ -76,7 +77,7 @@ class Providers:
 
         def observe(exc: BaseException) -> None:
             if self.on_retry is not None:
-                self.on_retry(pool, exc)
+                self.on_retry(pool, name, exc)
 
         retry = RequestRetryPolicy(
             attempts=settings.request_attempts,
@@ -221,6 +222,23 @@ async def _signals(executor: Executor, scope: anyio.CancelScope) -> None:
                 scope.cancel()
 
 
+def make_fleet(
+    store: PgStore, executor_id: str, config: Config, routes: Mapping[str, Sequence[str]]
+) -> Fleet:
+    """This runner's side of the fleet-wide control of every provider it routes to."""
+    serves: dict[str, list[str]] = {}
+    for pool, names in routes.items():
+        for name in names:
+            serves.setdefault(name, []).append(pool)
+    settings = {name: config.providers[name] for name in serves}
+    return Fleet(
+        store,
+        executor_id,
+        {name: (settings[name].control(), pools) for name, pools in serves.items()},
+        rpm={name: s.rpm for name, s in settings.items()},
+    )
+
+
 async def serve(
     engine: AsyncEngine,
     config: Config,
@@ -234,7 +252,8 @@ async def serve(
     # Built first: a webhook whose secret variable is unset stops the start (exit 2).
     database = PgStore(engine)
     alerts = AlertDelivery.from_config(database, config, env)
-    pools: dict[str, PoolConfig] = {name: config.pool(name) for name in POOL_NAMES}
+    routes = config.routes()
+    pools: dict[str, PoolConfig] = {name: config.pool(name) for name in routes}
     async with make_session(limit=sum(p.max for p in pools.values()) + 10) as session:
         providers = Providers(config, env, session)
         identity = make_identity(config)
@@ -244,6 +263,8 @@ async def serve(
             config.runner,
             pools,
             make_work(config, providers, store),
+            make_fleet(database, identity.executor_id, config, routes),
+            routes,
             secrets=providers.secrets(),
             discard=make_discard(store),
             journal=Journal(env.home, identity.executor_id, identity.pid),

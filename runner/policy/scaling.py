@@ -8,7 +8,6 @@ pushes back, then applies ``Decision.limit`` to its pool limiter and stops claim
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
@@ -28,39 +27,16 @@ class ScalingConfig:
     scale_up_interval: float  # seconds between seed-pace scale-ups
     scale_down_interval: float  # seconds between scale-downs
     tick_interval: float = 10.0  # seconds; the seed's adjustConcurrency period
-    # --- adaptive policy only ---
-    decrease_factor: float = 0.5  # multiplicative cut on pressure (the "MD" of AIMD)
-    min_limit: int = 1  # a cut never goes below this
-    pressure_window: float = 10.0  # seconds; pressure events this close together cut once
-    pressure_cooldown: float = 30.0  # seconds after the last pressure with no growth at all
-    fast_scale_up_interval: float = 10.0  # seconds between steps when healthy and deep
-    latency_tolerance: float = 1.5  # latency > baseline × this counts as "rising"
-    latency_alpha: float = 0.2  # EWMA weight of the newest latency sample in the baseline
 
     def __post_init__(self) -> None:
         """Reject configurations the policies cannot honour."""
-        if self.min_limit < 1:
-            raise ValueError(f"min_limit must be >= 1, got {self.min_limit}")
-        if not self.min_limit <= self.initial <= self.max:
-            raise ValueError(
-                f"need min_limit <= initial <= max, got {self.min_limit}, "
-                f"{self.initial}, {self.max}"
-            )
+        if not 1 <= self.initial <= self.max:
+            raise ValueError(f"need 1 <= initial <= max, got {self.initial}, {self.max}")
         if self.step < 1:
             raise ValueError(f"step must be >= 1, got {self.step}")
-        intervals = (
-            self.scale_up_interval,
-            self.scale_down_interval,
-            self.pressure_window,
-            self.pressure_cooldown,
-            self.fast_scale_up_interval,
-        )
+        intervals = (self.scale_up_interval, self.scale_down_interval)
         if any(v < 0 for v in intervals) or self.tick_interval <= 0:
             raise ValueError("intervals must be >= 0 and tick_interval > 0")
-        if not 0.0 < self.decrease_factor < 1.0:
-            raise ValueError(f"decrease_factor must be in (0, 1), got {self.decrease_factor}")
-        if self.latency_tolerance < 1.0 or not 0.0 < self.latency_alpha <= 1.0:
-            raise ValueError("latency_tolerance must be >= 1 and latency_alpha in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -247,95 +223,27 @@ class QueueDepthPolicy(_PolicyBase):
         return self._decision(None, now)
 
 
-class AdaptivePolicy(_PolicyBase):
-    """The seed's ramp plus AIMD: cut on pressure, grow fast while latency stays flat."""
+class HoldMaxPolicy(_PolicyBase):
+    """The default ("adaptive"): this runner holds up to `max`; the adapting is per provider.
+
+    A provider's limit is decided once for the whole fleet (runner/policy/control.py) and
+    enforced where subtasks are claimed, so a pool only says what one machine can hold.
+    """
 
     name = "adaptive"
 
     def __init__(self, config: ScalingConfig, *, now: float | None = None) -> None:
         super().__init__(config, now=now)
-        self._last_pressure: float | None = None  # last pressure event, cut or not
-        self._last_cut: float | None = None
-        self._baseline: float | None = None  # EWMA of observed latency, seconds
-
-    def on_pressure(self, kind: PressureKind, retry_after: float | None, now: float) -> Decision:
-        """Halve the limit (once per pressure window) and pause claims for Retry-After."""
-        _check_kind(kind)
-        self._anchor(now)
-        self._last_pressure = now
-        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
-            # Extend, never shorten, an existing pause: a later 429 may carry a smaller value.
-            until = now + retry_after
-            if self._paused_until is None or until > self._paused_until:
-                self._paused_until = until
-        # One overload comes back as a burst of 429s from every in-flight request; like TCP
-        # reacting once per RTT, only the first event of a window cuts, or ten 429s would
-        # take 50 → 1 for a single overload.
-        if self._last_cut is not None and now - self._last_cut < self.config.pressure_window:
-            return self._decision(None, now)
-        old = self._limit
-        self._limit = max(self.config.min_limit, math.floor(old * self.config.decrease_factor))
-        self._last_cut = now
-        if self._limit == old:
-            return self._decision(None, now)
-        reason = f"{kind}: {old} → {self._limit} (×{self.config.decrease_factor:g})"
-        if self.is_paused(now) and self._paused_until is not None:
-            reason += f", paused {self._paused_until - now:.3g}s"
-        return self._decision(reason, now)
+        self._limit = config.max
 
     def tick(self, signals: PoolSignals, now: float) -> Decision:
-        """Grow fast on a deep queue with healthy latency, otherwise behave like the seed."""
-        self._anchor(now)
-        healthy = self._latency_healthy(signals)
-        if signals.rate_limited or signals.timeouts:
-            # Pressure the runner only reports in the window still blocks growth; the cut
-            # itself happens in on_pressure so one event is never counted twice.
-            self._last_pressure = now
-        up = None
-        if not self._cooling_down(now):
-            if healthy:
-                up = self._scale_up(
-                    signals.pending, now, self.config.fast_scale_up_interval, ", latency ok"
-                )
-            else:
-                up = self._scale_up(signals.pending, now, self.config.scale_up_interval, "")
-            if up is None:
-                up = self._recover(now)
-        down = self._scale_down(signals.pending, now)
-        return self._decision(_join(up, down), now)
+        """Nothing to do: the provider's fleet-wide controller moves the limit that binds."""
+        return self._decision(None, now)
 
-    def _cooling_down(self, now: float) -> bool:
-        # Growth waits out both the Retry-After pause and a cooldown after the last pressure:
-        # growing straight back to the level that overloaded the provider just earns 429s.
-        if self.is_paused(now):
-            return True
-        last = self._last_pressure
-        return last is not None and now - last < self.config.pressure_cooldown
-
-    def _recover(self, now: float) -> str | None:
-        # After a cut the limit may sit below initial even with a shallow queue; climb back
-        # to the operator's configured baseline additively (the "AI" of AIMD).
-        cfg = self.config
-        if self._limit < cfg.initial and self._since_up(now) >= cfg.fast_scale_up_interval:
-            old = self._limit
-            self._limit = min(old + cfg.step, cfg.initial)
-            self._last_up = now
-            return f"recovering toward initial {cfg.initial}: {old} → {self._limit}"
-        return None
-
-    def _latency_healthy(self, signals: PoolSignals) -> bool:
-        # A provider with spare capacity serves extra concurrency at the same latency; once
-        # it queues internally, latency rises before it starts answering 429. Compare to an
-        # EWMA baseline taken *before* this sample, then fold the sample in, so a permanent
-        # shift (e.g. a slower model) is absorbed after a few ticks instead of stalling us.
-        sample = signals.latency_p50 if signals.latency_p50 is not None else signals.latency_mean
-        if sample is None or not math.isfinite(sample) or sample < 0:
-            return True  # no completions in the window: nothing says the provider is slow
-        baseline = self._baseline
-        healthy = baseline is None or sample <= baseline * self.config.latency_tolerance
-        alpha = self.config.latency_alpha
-        self._baseline = sample if baseline is None else alpha * sample + (1 - alpha) * baseline
-        return healthy
+    def on_pressure(self, kind: PressureKind, retry_after: float | None, now: float) -> Decision:
+        """Pressure is the provider's business (fleet-wide), not this pool's."""
+        _check_kind(kind)
+        return self._decision(None, now)
 
 
 def _check_kind(kind: str) -> None:
@@ -345,8 +253,8 @@ def _check_kind(kind: str) -> None:
         )
 
 
-_POLICIES: dict[str, type[QueueDepthPolicy] | type[AdaptivePolicy]] = {
-    "adaptive": AdaptivePolicy,
+_POLICIES: dict[str, type[QueueDepthPolicy] | type[HoldMaxPolicy]] = {
+    "adaptive": HoldMaxPolicy,
     "queue-depth": QueueDepthPolicy,
 }
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.records import ErrorRecord, Outcome
 from db.store import PgStore
 from tests.cli.test_submit import imgrun
+from tests.db.conftest import claim_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,7 @@ async def test_cancel_retry_and_errors(
 
     # Two attempts fail for good, the way a runner records them.
     store = PgStore(engine)
-    held = await store.claim("standard", 2, "r1", 60.0)
+    held = await claim_rows(store, "standard", 2, "r1", 60.0)
     await store.apply_outcomes(
         [Outcome(row.id, row.attempts, "failed", "r1", error="boom") for row in held]
     )
@@ -71,7 +72,7 @@ async def test_retry_of_a_canceled_task_is_refused(
     status, stdout, _ = await imgrun(env, "submit", str(spec), "--json")
     task_id = json.loads(stdout)["task_id"]
     store = PgStore(engine)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await store.apply_outcomes([Outcome(row.id, row.attempts, "failed", "r1", error="boom")])
     status, _, _ = await imgrun(env, "cancel", str(task_id))
     assert status == 0

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.records import ClaimedSubtask, Outcome
+from db.records import ClaimedSubtask, Outcome, ProviderBounds
 from db.store import PgStore
 from runner.config import RunnerSettings
 from runner.loop.duties import lease_outcomes
@@ -89,3 +89,23 @@ LEASE_EXPIRED = f"LeaseExpired: {LeaseExpired()}"
 async def reap(store: PgStore, *, limit: int = 1000) -> list[Outcome]:
     """Reap expired leases as the runner does (its classification rule)."""
     return await store.reap_expired(lambda rows: lease_outcomes(rows, REAP_SETTINGS), limit=limit)
+
+
+async def claim_rows(
+    store: PgStore, pool: str, n: int, executor_id: str, lease: float
+) -> list[ClaimedSubtask]:
+    """Claim like a runner serving every provider in the database, none of them limited."""
+    async with store.engine.connect() as connection:
+        names = (
+            await connection.scalars(text("SELECT DISTINCT provider FROM subtasks ORDER BY 1"))
+        ).all()
+    await store.register_providers(
+        [ProviderBounds(name, "fixed", 1, UNLIMITED, None, {"limit": UNLIMITED}) for name in names]
+    )
+    rows: list[ClaimedSubtask] = []
+    for name in names:
+        rows += (await store.claim(pool, name, n - len(rows), executor_id, lease)).rows
+    return rows
+
+
+UNLIMITED = 100_000

@@ -9,6 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
+from db.store import PgStore
+from tests.db.conftest import claim_rows
 from tests.runner.conftest import status_counts, submit
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +27,7 @@ async def test_outcome_statement_never_reads_the_lease_index(engine: AsyncEngine
     await submit(engine, n=2000, provider="null")
     async with engine.begin() as connection:
         await connection.execute(text("ANALYZE subtasks"))  # all pending: lease index "empty"
-    held = await queries.claim(engine, "standard", 1500, "r1", 60.0)
+    held = await claim_rows(PgStore(engine), "standard", 1500, "r1", 60.0)
     batch = held[:50]
     params = {
         "ids": [row.id for row in batch],

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import queries
 from db.store import PgStore
-from tests.db.conftest import outcome, subtask, task
+from tests.db.conftest import claim_rows, outcome, subtask, task
 from tests.runner.conftest import submit
 
 pytestmark = pytest.mark.anyio
@@ -31,9 +31,9 @@ async def test_claim_takes_higher_priority_first_then_lowest_id(
     low = await submit(engine, n=3, priority=1)
     high = await submit(engine, n=2, priority=5)
     low_ids, high_ids = await ids_of(engine, low), await ids_of(engine, high)
-    claimed = await store.claim("standard", 3, "r1", 60.0)
+    claimed = await claim_rows(store, "standard", 3, "r1", 60.0)
     assert {row.id for row in claimed} == {*high_ids, low_ids[0]}
-    one_by_one = [(await store.claim("standard", 1, "r1", 60.0))[0].id for _ in range(2)]
+    one_by_one = [(await claim_rows(store, "standard", 1, "r1", 60.0))[0].id for _ in range(2)]
     assert one_by_one == low_ids[1:]
 
 
@@ -45,7 +45,7 @@ async def test_claims_one_at_a_time_follow_priority_then_id(
     b = await submit(engine, n=2, priority=3)
     c = await submit(engine, n=2, priority=2)
     expected = [*await ids_of(engine, b), *await ids_of(engine, c), *await ids_of(engine, a)]
-    order = [(await store.claim("standard", 1, "r1", 60.0))[0].id for _ in range(6)]
+    order = [(await claim_rows(store, "standard", 1, "r1", 60.0))[0].id for _ in range(6)]
     assert order == expected
 
 
@@ -53,19 +53,19 @@ async def test_claim_takes_at_most_n_and_nothing_when_empty(
     engine: AsyncEngine, store: PgStore
 ) -> None:
     """A claim never returns more than asked, and an empty queue gives an empty list."""
-    assert await store.claim("standard", 5, "r1", 60.0) == []
+    assert await claim_rows(store, "standard", 5, "r1", 60.0) == []
     await submit(engine, n=4)
-    assert len(await store.claim("standard", 3, "r1", 60.0)) == 3
-    assert len(await store.claim("standard", 3, "r1", 60.0)) == 1
-    assert await store.claim("standard", 3, "r1", 60.0) == []
+    assert len(await claim_rows(store, "standard", 3, "r1", 60.0)) == 3
+    assert len(await claim_rows(store, "standard", 3, "r1", 60.0)) == 1
+    assert await claim_rows(store, "standard", 3, "r1", 60.0) == []
 
 
 async def test_claim_only_takes_its_pool(engine: AsyncEngine, store: PgStore) -> None:
     """A standard claim never takes lumina subtasks, and the other way round."""
     lumina = await submit(engine, n=2, pool="lumina")
     standard = await submit(engine, n=2, pool="standard")
-    assert {r.task_id for r in await store.claim("standard", 10, "r1", 60.0)} == {standard}
-    claimed = await store.claim("lumina", 10, "r1", 60.0)
+    assert {r.task_id for r in await claim_rows(store, "standard", 10, "r1", 60.0)} == {standard}
+    claimed = await claim_rows(store, "lumina", 10, "r1", 60.0)
     assert {r.task_id for r in claimed} == {lumina} and {r.pool for r in claimed} == {"lumina"}
 
 
@@ -75,7 +75,7 @@ async def test_claim_writes_lease_attempt_and_starts_the_task(
     """A claim: processing, executor, attempts + 1, a lease of `lease` seconds, task running."""
     task_id = await submit(engine, n=2, max_retries=4)
     assert (await task(engine, task_id))["status"] == "pending"
-    (row,) = await store.claim("standard", 1, "r1", 30.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 30.0)
     assert (row.attempts, row.retry_count, row.deferrals, row.external_id) == (1, 0, 0, None)
     assert (row.provider, row.max_retries, row.task_id) == ("sim", 4, task_id)
     stored = await subtask(engine, row.id)
@@ -92,7 +92,7 @@ async def test_claim_writes_lease_attempt_and_starts_the_task(
 async def test_claim_returns_the_params_and_prompt(engine: AsyncEngine, store: PgStore) -> None:
     """The claimed row carries the rendered prompt and the per-subtask seed (seed + ordinal)."""
     await submit(engine, n=2, prompt="a {x}")
-    first, second = await store.claim("standard", 2, "r1", 60.0)
+    first, second = await claim_rows(store, "standard", 2, "r1", 60.0)
     assert (first.prompt, second.prompt) == ("a v0", "a v1")
     assert (first.params["seed"], second.params["seed"]) == (1, 2)  # submit() uses seed 1
 
@@ -100,11 +100,11 @@ async def test_claim_returns_the_params_and_prompt(engine: AsyncEngine, store: P
 async def test_claim_respects_run_after(engine: AsyncEngine, store: PgStore) -> None:
     """A subtask waiting for its backoff is not claimable until its run_after has come."""
     await submit(engine, n=2)
-    first, second = await store.claim("standard", 2, "r1", 60.0)
+    first, second = await claim_rows(store, "standard", 2, "r1", 60.0)
     await store.apply_outcomes(
         [outcome(first, "retry", delay=3600.0), outcome(second, "retry", delay=0.0)]
     )
-    again = await store.claim("standard", 10, "r1", 60.0)
+    again = await claim_rows(store, "standard", 10, "r1", 60.0)
     assert [row.id for row in again] == [second.id]
     assert again[0].attempts == 2  # a retried claim counts another attempt
 
@@ -115,15 +115,18 @@ async def test_a_second_claim_skips_rows_locked_by_an_open_claim(
     """SKIP LOCKED: while one claim's transaction is open, another takes the next rows at once."""
     await submit(engine, n=5)
     # Start the task first: the claim that starts a task holds the task row until it commits.
-    assert len(await store.claim("standard", 1, "a", 60.0)) == 1
-    params = {"pool": "standard", "n": 2, "executor": "a", "lease": 60.0}
+    assert len(await claim_rows(store, "standard", 1, "a", 60.0)) == 1
+    # The bare statement: a runner's claim also locks the provider's row first, so claims for
+    # one provider take turns; rows locked some other way are still skipped, not waited for.
+    params = {"pool": "standard", "provider": "sim", "n": 2, "limit": 100, "executor": "a"}
+    params["lease"] = 60.0
     async with engine.connect() as connection, connection.begin() as transaction:
-        first = [r.id for r in await connection.execute(queries.CLAIM, params)]
+        first = [r.id for r in await connection.execute(queries.CLAIM, params) if r.id]
         with anyio.fail_after(10):  # it must not wait for the open transaction
-            second = [r.id for r in await store.claim("standard", 2, "b", 60.0)]
+            second = [r.id for r in await claim_rows(store, "standard", 2, "b", 60.0)]
         await transaction.commit()
     assert len(first) == len(second) == 2 and not set(first) & set(second)
-    assert await store.claim("standard", 10, "c", 60.0) == []
+    assert await claim_rows(store, "standard", 10, "c", 60.0) == []
 
 
 async def test_concurrent_claimers_never_share_a_row(engine: AsyncEngine, store: PgStore) -> None:
@@ -133,7 +136,7 @@ async def test_concurrent_claimers_never_share_a_row(engine: AsyncEngine, store:
 
     async def claimer(name: str) -> None:
         mine = taken.setdefault(name, [])
-        while rows := await store.claim("standard", 7, name, 60.0):
+        while rows := await claim_rows(store, "standard", 7, name, 60.0):
             mine.extend(row.id for row in rows)
 
     async with anyio.create_task_group() as group:

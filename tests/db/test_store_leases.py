@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.store import PgStore
 from tests.db.conftest import (
     LEASE_EXPIRED,
+    claim_rows,
     counters,
     expire,
     outcome,
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.anyio
 async def test_reap_takes_only_expired_leases(engine: AsyncEngine, store: PgStore) -> None:
     """Of two held rows, only the one whose lease ran out goes back to pending."""
     await submit(engine, n=2)
-    dead, live = await store.claim("standard", 2, "r1", 60.0)
+    dead, live = await claim_rows(store, "standard", 2, "r1", 60.0)
     await expire(engine, [dead.id])
     reaped = await reap(store)
     assert [(o.subtask_id, o.kind, o.attempt, o.executor_id) for o in reaped] == [
@@ -37,7 +38,7 @@ async def test_reap_takes_only_expired_leases(engine: AsyncEngine, store: PgStor
 async def test_reap_retries_while_retries_remain(engine: AsyncEngine, store: PgStore) -> None:
     """A reaped row counts its attempt and a retry, and says why."""
     task_id = await submit(engine, n=1, max_retries=2)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await expire(engine, [row.id])
     await reap(store)
     stored = await subtask(engine, row.id)
@@ -53,7 +54,7 @@ async def test_reap_fails_a_subtask_that_used_its_retries(
     """max_retries = 1: the first reap retries, the second fails it and finishes the task."""
     task_id = await submit(engine, n=1, max_retries=1)
     for expected in ("retry", "failed"):
-        (row,) = await store.claim("standard", 1, "r1", 60.0)
+        (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
         await expire(engine, [row.id])
         assert [o.kind for o in await reap(store)] == [expected]
     stored = await subtask(engine, row.id)
@@ -68,7 +69,7 @@ async def test_reap_fails_a_subtask_that_used_its_retries(
 async def test_reap_with_no_retries_fails_at_once(engine: AsyncEngine, store: PgStore) -> None:
     """max_retries = 0: an expired lease fails the subtask."""
     task_id = await submit(engine, n=2, max_retries=0)
-    row, other = await store.claim("standard", 2, "r1", 60.0)
+    row, other = await claim_rows(store, "standard", 2, "r1", 60.0)
     await expire(engine, [row.id])
     assert [o.kind for o in await reap(store)] == ["failed"]
     await store.apply_outcomes([outcome(other, "completed")])
@@ -78,7 +79,7 @@ async def test_reap_with_no_retries_fails_at_once(engine: AsyncEngine, store: Pg
 async def test_reap_of_a_canceled_task_ends_canceled(engine: AsyncEngine, store: PgStore) -> None:
     """Reaping a row of a canceled task does not requeue it."""
     task_id = await submit(engine, n=2)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await store.cancel_task(task_id)
     await expire(engine, [row.id])
     await reap(store)
@@ -89,7 +90,7 @@ async def test_reap_of_a_canceled_task_ends_canceled(engine: AsyncEngine, store:
 async def test_reap_respects_its_limit(engine: AsyncEngine, store: PgStore) -> None:
     """At most `limit` rows per call, the longest-expired first."""
     await submit(engine, n=3)
-    rows = await store.claim("standard", 3, "r1", 60.0)
+    rows = await claim_rows(store, "standard", 3, "r1", 60.0)
     await expire(engine, [r.id for r in rows])
     first = await reap(store, limit=2)
     assert len(first) == 2
@@ -99,7 +100,7 @@ async def test_reap_respects_its_limit(engine: AsyncEngine, store: PgStore) -> N
 async def test_a_renewed_lease_is_not_reaped(engine: AsyncEngine, store: PgStore) -> None:
     """A heartbeat after expiry (the runner is alive after all) keeps the row."""
     await submit(engine, n=1)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await expire(engine, [row.id])
     assert await store.heartbeat("r1", {}, 60.0, [row.id]) == 1
     assert await reap(store) == []
@@ -115,7 +116,7 @@ async def test_a_heartbeat_renewing_while_the_reaper_runs_wins(
     its look and its move; here the renewal holds the row, is skipped, then commits.
     """
     await submit(engine, n=1)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await expire(engine, [row.id])
     async with engine.connect() as renewal, renewal.begin() as transaction:
         await renewal.execute(
@@ -139,8 +140,8 @@ async def test_heartbeat_renews_only_this_runners_rows(engine: AsyncEngine, stor
     """Rows held by another runner, or finished, are not renewed; the snapshot is stored."""
     await submit(engine, n=3)
     await store.register_executor("r1", "g", "host", 1, "v")
-    mine, done = await store.claim("standard", 2, "r1", 5.0)
-    (theirs,) = await store.claim("standard", 1, "r2", 5.0)
+    mine, done = await claim_rows(store, "standard", 2, "r1", 5.0)
+    (theirs,) = await claim_rows(store, "standard", 1, "r2", 5.0)
     await store.apply_outcomes([outcome(done, "completed")])
     renewed = await store.heartbeat(
         "r1", {"standard": {"limit": 3}}, 90.0, [mine.id, done.id, theirs.id]
@@ -170,7 +171,7 @@ async def test_external_id_is_persisted_by_the_holder_only(
 ) -> None:
     """set_external_id: True for the holder; False (and no change) for another runner."""
     await submit(engine, n=1, pool="lumina")
-    (row,) = await store.claim("lumina", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "lumina", 1, "r1", 60.0)
     assert not await store.set_external_id(row.id, row.attempts, "r2", "intruder")
     assert (await subtask(engine, row.id))["external_id"] is None
     assert await store.set_external_id(row.id, row.attempts, "r1", "job-1")
@@ -182,10 +183,10 @@ async def test_external_id_of_an_older_attempt_is_refused(
 ) -> None:
     """After a reap and re-claim, the old attempt cannot overwrite the new job id."""
     await submit(engine, n=1, pool="lumina")
-    (old,) = await store.claim("lumina", 1, "r1", 60.0)
+    (old,) = await claim_rows(store, "lumina", 1, "r1", 60.0)
     await expire(engine, [old.id])
     await reap(store)
-    (new,) = await store.claim("lumina", 1, "r1", 60.0)
+    (new,) = await claim_rows(store, "lumina", 1, "r1", 60.0)
     assert await store.set_external_id(new.id, new.attempts, "r1", "job-new")
     assert not await store.set_external_id(old.id, old.attempts, "r1", "job-old")
     assert (await subtask(engine, new.id))["external_id"] == "job-new"
@@ -196,9 +197,9 @@ async def test_external_id_survives_a_reap_for_the_next_attempt(
 ) -> None:
     """A runner that dies mid-poll leaves the job id: the next claim resumes polling it."""
     await submit(engine, n=1, pool="lumina")
-    (row,) = await store.claim("lumina", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "lumina", 1, "r1", 60.0)
     assert await store.set_external_id(row.id, row.attempts, "r1", "job-9")
     await expire(engine, [row.id])
     await reap(store)
-    (again,) = await store.claim("lumina", 1, "r2", 60.0)
+    (again,) = await claim_rows(store, "lumina", 1, "r2", 60.0)
     assert again.external_id == "job-9"

@@ -16,7 +16,7 @@ from db.store import PgStore
 from runner.config import RetentionSettings
 from runner.loop.duties import retention_loop, retention_once
 from runner.retention import RETENTION_LOCK, prune
-from tests.db.conftest import outcome
+from tests.db.conftest import claim_rows, outcome
 from tests.runner.conftest import submit, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +36,7 @@ async def finish(
     """A task of `n` subtasks run to `kind`, finished `age_days` ago; images written under root."""
     store = PgStore(engine)
     task_id = await submit(engine, n=n)
-    rows = await store.claim("standard", n, "r1", 60.0)
+    rows = await claim_rows(store, "standard", n, "r1", 60.0)
     outcomes = []
     for row in rows:
         result = None
@@ -218,7 +218,7 @@ async def test_image_paths_outside_the_output_dir_are_refused(
     (root / "9" / "link.png").symlink_to(victim)
     store = PgStore(engine)
     task_id = await submit(engine, n=3)
-    claimed = await store.claim("standard", 3, "r1", 60.0)
+    claimed = await claim_rows(store, "standard", 3, "r1", 60.0)
     paths = [
         str(victim),
         str(root / "9" / ".." / ".." / "victim.png"),
@@ -243,7 +243,7 @@ async def test_in_flight_rows_of_a_canceled_task_are_kept(engine: AsyncEngine) -
     """A canceled task's attempt still running keeps its row and its task until it settles."""
     store = PgStore(engine)
     task_id = await submit(engine, n=3)
-    (held,) = await store.claim("standard", 1, "r1", 60.0)
+    (held,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await store.cancel_task(task_id)
     await age(engine, "tasks", "finished_at", task_id, 40)
 

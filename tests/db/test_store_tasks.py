@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.records import ErrorRecord, TaskIsCanceled
 from db.store import PgStore
-from tests.db.conftest import counters, outcome, subtask, task
+from tests.db.conftest import claim_rows, counters, outcome, subtask, task
 from tests.runner.conftest import submit
 
 pytestmark = pytest.mark.anyio
@@ -24,7 +24,7 @@ async def test_cancel_cancels_pending_and_reports_in_flight(
 ) -> None:
     """Pending subtasks are canceled at once; in-flight ones are counted, not touched."""
     task_id = await submit(engine, n=4)
-    (held,) = await store.claim("standard", 1, "r1", 60.0)
+    (held,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     assert await store.cancel_task(task_id) == {
         "task_id": task_id,
         "previous_status": "running",
@@ -41,7 +41,7 @@ async def test_cancel_of_a_finished_task_keeps_its_status(
 ) -> None:
     """A completed task stays completed: nothing was left to cancel."""
     task_id = await submit(engine, n=1)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await store.apply_outcomes([outcome(row, "completed")])
     result = await store.cancel_task(task_id)
     assert result is not None and result["canceled"] == 0
@@ -59,10 +59,10 @@ async def test_retry_requeues_failed_subtasks_with_a_fresh_budget(
 ) -> None:
     """Failed → pending with retry_count 0 and no job id; the task runs again."""
     task_id = await submit(engine, n=2, pool="lumina")
-    bad, good = await store.claim("lumina", 2, "r1", 60.0)
+    bad, good = await claim_rows(store, "lumina", 2, "r1", 60.0)
     await store.set_external_id(bad.id, bad.attempts, "r1", "job-1")
     await store.apply_outcomes([outcome(bad, "retry")])
-    (bad,) = await store.claim("lumina", 1, "r1", 60.0)
+    (bad,) = await claim_rows(store, "lumina", 1, "r1", 60.0)
     await store.apply_outcomes([outcome(bad, "failed"), outcome(good, "completed")])
     assert await counters(engine, task_id) == ("partial", 1, 1, 0)
     assert await store.retry_task(task_id) == {"task_id": task_id, "requeued": 1}
@@ -70,7 +70,7 @@ async def test_retry_requeues_failed_subtasks_with_a_fresh_budget(
     assert (stored["status"], stored["retry_count"], stored["external_id"]) == ("pending", 0, None)
     assert await counters(engine, task_id) == ("running", 1, 0, 0)
     assert (await task(engine, task_id))["finished_at"] is None
-    (again,) = await store.claim("lumina", 1, "r1", 60.0)
+    (again,) = await claim_rows(store, "lumina", 1, "r1", 60.0)
     assert again.id == bad.id
 
 
@@ -79,7 +79,7 @@ async def test_retry_with_nothing_failed_changes_nothing(
 ) -> None:
     """A completed task is not reopened by a retry."""
     task_id = await submit(engine, n=1)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await store.apply_outcomes([outcome(row, "completed")])
     assert await store.retry_task(task_id) == {"task_id": task_id, "requeued": 0}
     assert await counters(engine, task_id) == ("completed", 1, 0, 0)
@@ -88,7 +88,7 @@ async def test_retry_with_nothing_failed_changes_nothing(
 async def test_retry_of_a_canceled_task_is_refused(engine: AsyncEngine, store: PgStore) -> None:
     """Cancel, then retry: refused (TaskIsCanceled) and the task stays exactly as it was."""
     task_id = await submit(engine, n=3)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await store.apply_outcomes([outcome(row, "failed", error="boom")])
     await store.cancel_task(task_id)
     before = await task(engine, task_id)
@@ -96,14 +96,16 @@ async def test_retry_of_a_canceled_task_is_refused(engine: AsyncEngine, store: P
         await store.retry_task(task_id)
     assert await task(engine, task_id) == before
     assert (await subtask(engine, row.id))["status"] == "failed"
-    assert await store.claim("standard", 10, "r1", 60.0) == []
+    assert await claim_rows(store, "standard", 10, "r1", 60.0) == []
 
 
 async def test_list_and_get_task(engine: AsyncEngine, store: PgStore) -> None:
     """list_tasks is newest first (active only when asked); get_task counts by status."""
     old = await submit(engine, n=2)
     new = await submit(engine, n=1)
-    (row,) = await store.claim("standard", 1, "r1", 60.0)  # from `old`: same priority, lower id
+    (row,) = await claim_rows(
+        store, "standard", 1, "r1", 60.0
+    )  # from `old`: same priority, lower id
     await store.apply_outcomes([outcome(row, "failed", error="boom")])
     await store.cancel_task(new)
     assert [t["id"] for t in await store.list_tasks()] == [new, old]
@@ -163,7 +165,7 @@ async def test_pending_counts_only_due_rows_of_each_pool(
     """Claimable now: pending and due; waiting retries and held rows are not counted."""
     await submit(engine, n=4)
     await submit(engine, n=1, pool="lumina")
-    waiting, held = await store.claim("standard", 2, "r1", 60.0)
+    waiting, held = await claim_rows(store, "standard", 2, "r1", 60.0)
     await store.apply_outcomes([outcome(waiting, "retry", delay=3600.0)])
     assert await store.pending_counts(["standard", "lumina"]) == {"standard": 2, "lumina": 1}
     assert held.id  # still processing: not pending
@@ -174,14 +176,14 @@ async def test_work_remains_until_everything_is_final(engine: AsyncEngine, store
     assert not await store.work_remains(["standard"])
     await submit(engine, n=1)
     assert await store.work_remains(["standard"]) and not await store.work_remains(["lumina"])
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     assert await store.work_remains(["standard"])
     await store.apply_outcomes([outcome(row, "retry", delay=3600.0)])
     assert await store.work_remains(["standard"])  # waiting for its backoff
-    assert await store.claim("standard", 1, "r1", 60.0) == []
+    assert await claim_rows(store, "standard", 1, "r1", 60.0) == []
     async with engine.begin() as connection:  # make the waiting retry due now
         await connection.execute(text("UPDATE subtasks SET run_after = now()"))
-    (row,) = await store.claim("standard", 1, "r1", 60.0)
+    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await store.apply_outcomes([outcome(row, "completed")])
     assert not await store.work_remains(["standard"])
 

@@ -18,6 +18,7 @@ from db.records import ClaimedSubtask
 from db.store import PgStore
 from runner.config import Config
 from runner.loop.executor import Executor, Identity
+from runner.loop.service import make_fleet
 from tests.runner.conftest import status_counts, submit, wait_until
 from workers.types import ImageRequest, WorkResult
 
@@ -43,12 +44,15 @@ async def test_a_worker_bug_quoting_the_key_is_redacted_everywhere(
     """Logs, the subtask's error and error_logs (message and stack trace) hold no key."""
     await submit(engine, n=3, provider="null", max_retries=0)
     settings = Config().runner.model_copy(update={"heartbeat_interval": 0.2, "lease": 5.0})
+    config, store = Config(), PgStore(engine)
     executor = Executor(
-        PgStore(engine),
+        store,
         Identity("r1", "default", "host", 1, "test"),
         settings,
-        Config().pools,
+        config.pools,
         buggy_work,
+        make_fleet(store, "r1", config, config.routes()),
+        config.routes(),
         secrets=(SECRET,),
     )
 
