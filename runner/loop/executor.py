@@ -6,6 +6,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,17 +23,21 @@ from runner.loop.metrics import Metrics
 from runner.loop.outcomes import Release
 from runner.loop.pool import Pool, Wakeup
 from runner.loop.recorder import Discard, Recorder
+from runner.loop.signals import SignalCounts
 from runner.policy.backoff import SubtaskRetryPolicy
-from runner.policy.classify import Attempt, classify, pressure_of
+from runner.policy.classify import Attempt, Signal, classify, recovered_error, signal_of
 from runner.policy.fingerprint import redact
 from runner.policy.scaling import Decision, PressureKind
 from runner.spec.params import image_request
 from workers.errors import Canceled, ProviderError, RateLimited
+from workers.headers import RateLimitInfo
 from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
 
 FINAL_FLUSH_TIMEOUT = 5.0  # seconds at exit to record what is left; leases cover the rest
+# The subtask whose attempt runs in this task: names it on errors its retries absorb.
+_RUNNING: ContextVar[int | None] = ContextVar("imgrun_running_subtask", default=None)
 
 # Runs one claimed subtask to a result; raises ProviderError subclasses on failure.
 # `on_submitted` persists an async job id; `should_stop` tells a polling worker to give up.
@@ -88,6 +93,8 @@ class Executor:
         self._canceled_tasks: set[int] = set()
         # provider -> until (monotonic): it refused our credentials or model; skip its work
         self._paused_providers: dict[str, float] = {}
+        # provider -> what its answers said since the controller last took them (observe())
+        self.signals: dict[str, SignalCounts] = {}
         self._work_group: anyio.abc.TaskGroup | None = None
         self._aborted = False
         self._final_scope: anyio.CancelScope | None = None
@@ -292,6 +299,7 @@ class Executor:
             return row.task_id in self._canceled_tasks
 
         started = self.clock()
+        _RUNNING.set(row.id)  # this task's own context: one subtask per task
         try:
             result = await self.work(row, request, on_submitted, should_stop)
         except anyio.get_cancelled_exc_class():
@@ -338,6 +346,7 @@ class Executor:
     ) -> None:
         pool.window.completed += 1
         pool.window.latencies.append(elapsed)
+        self.observe(row.provider, pool.name, None, ratelimit=result.ratelimit)
         self.metrics.completions.labels(pool.name, row.provider).inc()
         self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
         outcome = Outcome(
@@ -368,7 +377,7 @@ class Executor:
         )
         if verdict.pause_provider:
             self._pause_provider(row.provider, verdict.error)
-        self._pressure(pool, verdict.pressure, verdict.retry_after)
+        self.observe(row.provider, pool.name, exc)
         if verdict.counts_as_failure:
             pool.window.failures += 1
         self.metrics.failures.labels(pool.name, row.provider, verdict.kind).inc()
@@ -411,12 +420,56 @@ class Executor:
             provider,
         )
 
-    def observe_retry(self, pool_name: str, exc: BaseException) -> None:
-        """An error a provider's own retries absorbed: still a pressure signal for the pool."""
+    def observe_retry(self, provider: str, pool_name: str, exc: BaseException) -> None:
+        """An error an in-attempt retry absorbed: a signal like any other, and a recovered error."""
+        record = recovered_error(exc, self.secrets, pool_name, provider, _RUNNING.get())
+        self.recorder.record_error(record)
+        self.observe(provider, pool_name, exc)
+
+    def observe(
+        self,
+        provider: str,
+        pool_name: str,
+        event: BaseException | Signal | None,
+        retry_after: float | None = None,
+        sent_at: float | None = None,
+        *,
+        ratelimit: RateLimitInfo | None = None,
+    ) -> None:
+        """The one door for what a provider said: an error or signal (None: a success).
+
+        Called once per occurrence (absorbed by an in-attempt retry or ending the attempt), it
+        counts the signal, keeps the tightest request budget and hands pressure on.
+        """
+        if isinstance(event, BaseException):
+            if isinstance(event, RateLimited) and retry_after is None:
+                retry_after = event.retry_after
+            if isinstance(event, ProviderError):
+                sent_at = event.sent_at if sent_at is None else sent_at
+                ratelimit = event.ratelimit if ratelimit is None else ratelimit
+            signal = signal_of(event)
+        else:
+            signal = event
+        counts = self.signals.setdefault(provider, SignalCounts())
+        counts.note(ratelimit)
+        if signal is None:
+            return
+        counts.count(signal)
+        if signal != "server_error":
+            self._on_pressure_signal(provider, pool_name, signal, retry_after, sent_at)
+
+    def _on_pressure_signal(
+        self,
+        provider: str,
+        pool_name: str,
+        signal: PressureKind,
+        retry_after: float | None,
+        sent_at: float | None,
+    ) -> None:
+        """Pressure from `provider` (the fleet-wide controller's hook); today: the pool's policy."""
         pool = self.pools.get(pool_name)
         if pool is not None:
-            retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-            self._pressure(pool, pressure_of(exc), retry_after)
+            self._pressure(pool, signal, retry_after)
 
     def _pressure(self, pool: Pool, kind: PressureKind | None, retry_after: float | None) -> None:
         if kind is None:

@@ -350,7 +350,7 @@ async def test_limit_cut_during_a_claim_does_not_strand_claimed_rows(
             return bool(waiting)
 
         await wait_until(claim_waiting)
-        executors[0].observe_retry("standard", RateLimited("slow down", retry_after=None))
+        executors[0].observe_retry("sim", "standard", RateLimited("slow down", retry_after=None))
         assert executors[0].pools["standard"].limiter.total_tokens < 10
         await transaction.rollback()
 
