@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import socket
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -25,7 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from runner.loop.executor import Executor
 from runner.loop.service import serve
 from runner.loop.signals import SignalCounts
-from tests.runner.conftest import make_config, runner_settings, status_counts, submit
+from tests.cli.test_submit import imgrun
+from tests.runner.conftest import (
+    make_config,
+    runner_settings,
+    sim_stats,
+    status_counts,
+    submit,
+)
 from workers.providers.null import tiny_png
 
 pytestmark = pytest.mark.anyio
@@ -265,3 +274,52 @@ async def test_connect_timeouts_count_once_each(
     assert await status_counts(engine) == {"failed": 1}
     assert counted(executors[0].signals["sim"]) == Counter({"slow": 2})
     assert list((await error_rows(engine)).values()) == [(2, 1)]
+
+
+async def test_sim_500s_absorbed_by_retries_show_in_imgrun_errors_as_recovered(
+    engine: AsyncEngine,
+    tmp_path: Path,
+    database_url: str,
+    start_sim: Callable[..., Any],
+    cli_env: dict[str, str],
+) -> None:
+    """The sim at --error-rate 0.1: every injected 500 is in error_logs, the absorbed ones
+    marked recovered; `imgrun errors` shows them; error.new fires once per fingerprint."""
+    await submit(engine, n=60, max_retries=10)
+    async with start_sim(error_rate=0.1, seed=7) as sim:
+        provider = {"request_attempts": 4, "request_retry_wait": 0.01}
+        config, env = make_config(
+            tmp_path, database_url, runner_settings(sim.url, {"providers": {"sim": provider}})
+        )
+        with anyio.fail_after(60):
+            executor = await serve(engine, config, env, until_idle=True)
+        injected = (await sim_stats(sim))["faults"].get("error", 0)
+    assert await status_counts(engine) == {"completed": 60}
+    assert injected > 0
+
+    async with engine.connect() as connection:
+        # Each 500 that ended an attempt cost its subtask one retry; the rest were absorbed.
+        final = int(await connection.scalar(text("SELECT sum(retry_count) FROM subtasks")) or 0)
+        new_errors = await connection.scalar(
+            text("SELECT count(*) FROM outbox WHERE event = 'error.new'")
+        )
+        pressure = await connection.scalar(text("SELECT sum(count) FROM provider_pressure"))
+    rows = await error_rows(engine)
+    assert by_status(rows, "HTTP 500") == (injected, injected - final)
+    assert sum(c for c, _ in rows.values()) == injected  # nothing but the 500s
+    assert executor.signals["sim"].server_errors == injected
+    assert new_errors == len(rows)  # once per new fingerprint, not per occurrence
+    assert pressure == injected  # the provider.degraded watchdog sees every 5xx
+
+    cli = {**cli_env, "IMGRUN_DATABASE_URL": database_url}
+    status, stdout, _ = await imgrun(cli, "errors", "--json")
+    shown = json.loads(stdout)
+    assert status == 0
+    assert sum(e["count"] for e in shown) == injected
+    assert sum(e["recovered"] for e in shown) == injected - final
+    status, stdout, _ = await imgrun(cli, "errors")
+    row = shown[0]
+    expected = (
+        f"{row['count']} ({row['recovered']} recovered)" if row["recovered"] else str(row["count"])
+    )
+    assert status == 0 and expected in stdout, stdout
