@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import socket
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +33,7 @@ from tests.runner.conftest import (
     status_counts,
     submit,
 )
+from tests.workers.helpers import blackhole
 from workers.providers.null import tiny_png
 
 pytestmark = pytest.mark.anyio
@@ -233,21 +232,6 @@ async def test_lumina_pool_counts_submit_poll_and_fetch_answers_once(
     assert by_status(rows, "HTTP 503") == (1, 1)
     assert by_status(rows, "HTTP 500") == (2, 2)
     assert sum(c for c, _ in rows.values()) == sum(r for _, r in rows.values()) == 5
-
-
-def blackhole() -> tuple[socket.socket, list[socket.socket]]:
-    """A loopback listener whose accept queue is full: connects to it hang, unanswered."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):  # non-blocking: the SYN is out
-            filler.connect(server.getsockname())
-        fillers.append(filler)
-    return server, fillers
 
 
 @pytest.mark.parametrize("pool", ["standard", "lumina"])
