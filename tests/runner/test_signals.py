@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -266,9 +267,12 @@ async def test_sim_500s_absorbed_by_retries_show_in_imgrun_errors_as_recovered(
     database_url: str,
     start_sim: Callable[..., Any],
     cli_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The sim at --error-rate 0.1: every injected 500 is in error_logs, the absorbed ones
-    marked recovered; `imgrun errors` shows them; error.new fires once per fingerprint."""
+    marked recovered; `imgrun errors` shows them; error.new fires once per fingerprint; the
+    log stays quiet (one line per new error, none per occurrence)."""
+    caplog.set_level(logging.INFO)
     await submit(engine, n=60, max_retries=10)
     async with start_sim(error_rate=0.1, seed=7) as sim:
         provider = {"request_attempts": 4, "request_retry_wait": 0.01}
@@ -294,6 +298,8 @@ async def test_sim_500s_absorbed_by_retries_show_in_imgrun_errors_as_recovered(
     assert executor.signals["sim"].server_errors == injected
     assert new_errors == len(rows)  # once per new fingerprint, not per occurrence
     assert pressure == injected  # the provider.degraded watchdog sees every 5xx
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO and "500" in r.getMessage()]
+    assert len(loud) == len(rows), [r.getMessage() for r in loud]
 
     cli = {**cli_env, "IMGRUN_DATABASE_URL": database_url}
     status, stdout, _ = await imgrun(cli, "errors", "--json")
