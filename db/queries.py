@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -612,39 +613,64 @@ async def mark_executor_stopped(
 RECORD_ERRORS = text(
     """
     INSERT INTO error_logs AS e (error_type, error_message, stack_trace, pool, provider,
-                                 count, last_subtask_id)
+                                 count, recovered, last_subtask_id)
     SELECT * FROM unnest(CAST(:types AS text[]), CAST(:messages AS text[]),
                          CAST(:traces AS text[]), CAST(:pools AS text[]),
                          CAST(:providers AS text[]), CAST(:counts AS bigint[]),
-                         CAST(:subtasks AS bigint[]))
+                         CAST(:recovered AS bigint[]), CAST(:subtasks AS bigint[]))
     ON CONFLICT (error_type, error_message) DO UPDATE
-    SET count = e.count + excluded.count, last_occurred_at = now(),
-        last_subtask_id = excluded.last_subtask_id, pool = excluded.pool,
-        provider = excluded.provider
+    SET count = e.count + excluded.count, recovered = e.recovered + excluded.recovered,
+        last_occurred_at = now(),
+        last_subtask_id = coalesce(excluded.last_subtask_id, e.last_subtask_id),
+        pool = excluded.pool, provider = excluded.provider
     RETURNING error_type, error_message, (xmax = 0) AS inserted
     """
 )
 
 
+@dataclass
+class _Merged:
+    """One error_logs key's records of a batch, summed."""
+
+    last: ErrorRecord
+    count: int = 0
+    recovered: int = 0
+    trace: str | None = None  # the first sample trace of the batch
+    subtask_id: int | None = None  # the last subtask named
+
+
+def _merge_errors(records: Sequence[ErrorRecord]) -> list[_Merged]:
+    merged: dict[tuple[str, str], _Merged] = {}
+    for record in records:
+        entry = merged.setdefault((record.error_type, record.fingerprint), _Merged(record))
+        entry.last = record
+        entry.count += 1
+        entry.recovered += record.recovered
+        entry.trace = entry.trace or record.stack_trace
+        entry.subtask_id = record.subtask_id if record.subtask_id is not None else entry.subtask_id
+    return list(merged.values())
+
+
 async def record_errors(
     engine: AsyncEngine, records: Sequence[ErrorRecord]
 ) -> list[tuple[str, str]]:
-    """Aggregate failures into error_logs; returns the (type, fingerprint) pairs seen first now."""
+    """Aggregate failures into error_logs; returns the (type, fingerprint) pairs seen first now.
+
+    Recovered occurrences (absorbed by an in-attempt retry) count in `count` and `recovered`.
+    """
     if not records:
         return []
-    merged: dict[tuple[str, str], tuple[ErrorRecord, int]] = {}
-    for record in records:
-        key = (record.error_type, record.fingerprint)
-        merged[key] = (record, merged.get(key, (record, 0))[1] + 1)
-    rows = [r for r, _ in merged.values()]
+    merged = _merge_errors(records)
+    rows = [m.last for m in merged]
     params = {
         "types": [r.error_type for r in rows],
         "messages": [r.fingerprint for r in rows],
-        "traces": [r.stack_trace for r in rows],
+        "traces": [m.trace for m in merged],
         "pools": [r.pool for r in rows],
         "providers": [r.provider for r in rows],
-        "counts": [count for _, count in merged.values()],
-        "subtasks": [r.subtask_id for r in rows],
+        "counts": [m.count for m in merged],
+        "recovered": [m.recovered for m in merged],
+        "subtasks": [m.subtask_id for m in merged],
     }
     async with engine.begin() as connection:
         result = await connection.execute(RECORD_ERRORS, params)
@@ -656,7 +682,8 @@ async def top_errors(engine: AsyncEngine, limit: int = 20) -> list[dict[str, Any
     async with engine.connect() as connection:
         rows = await connection.execute(
             text(
-                "SELECT id, error_type, error_message, count, pool, provider, first_occurred_at,"
+                "SELECT id, error_type, error_message, count, recovered, pool, provider,"
+                " first_occurred_at,"
                 " last_occurred_at, last_subtask_id FROM error_logs"
                 " ORDER BY count DESC, last_occurred_at DESC LIMIT :n"
             ),
@@ -771,7 +798,7 @@ async def demo_report(engine: AsyncEngine, task_ids: Sequence[int]) -> dict[str,
         ).one()
         errors = await connection.execute(
             text(
-                "SELECT e.error_type, e.error_message, e.count FROM error_logs e"
+                "SELECT e.error_type, e.error_message, e.count, e.recovered FROM error_logs e"
                 " JOIN subtasks s ON s.id = e.last_subtask_id"
                 " WHERE s.task_id = ANY(CAST(:ids AS bigint[])) ORDER BY e.count DESC LIMIT 5"
             ),

@@ -100,7 +100,8 @@ class ErrorRecord:
     stack_trace: str | None
     pool: str
     provider: str
-    subtask_id: int
+    subtask_id: int | None  # None if the error was not seen running a subtask
+    recovered: bool = False  # an in-attempt retry absorbed it: the subtask went on
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ QUERIES: dict[str, str] = {
         LIMIT :recent
     """,
     "errors": """
-        SELECT error_type, error_message, count, pool, provider, last_occurred_at
+        SELECT error_type, error_message, count, recovered, pool, provider, last_occurred_at
         FROM error_logs
         ORDER BY count DESC, last_occurred_at DESC
         LIMIT :errors

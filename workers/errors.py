@@ -5,6 +5,8 @@ The runner maps each class to a subtask state and a scaling signal.
 
 from __future__ import annotations
 
+from workers.headers import RateLimitInfo
+
 # Messages end up in the database (subtasks.error, error_logs) and logs; the adapters clip
 # provider text much shorter, this is the backstop for whatever they miss.
 MAX_MESSAGE = 1_000  # characters
@@ -17,6 +19,11 @@ class ProviderError(Exception):
     # The attempt's provider job is over (failed, or canceled when we gave up on it): the
     # next attempt must submit a new one instead of resuming it. Only polling jobs set it.
     job_gone: bool = False
+    # Set by the HTTP client from the response that caused the error, when there was one:
+    # the provider's request budget (x-ratelimit-*) and when the request was sent (wall
+    # clock, Unix seconds; an answer to a request sent before a cut says nothing new).
+    ratelimit: RateLimitInfo | None = None
+    sent_at: float | None = None
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         if len(message) > MAX_MESSAGE:
@@ -26,7 +33,7 @@ class ProviderError(Exception):
 
 
 class RateLimited(ProviderError):
-    """Backpressure (429, or 503 with Retry-After): not the subtask's fault, retry later."""
+    """Backpressure (429, or 503 with or without Retry-After): retry later, not a failure."""
 
     def __init__(
         self, message: str, *, retry_after: float | None = None, status: int | None = 429

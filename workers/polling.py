@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from workers import budget
 from workers.checks import expect_images
 from workers.errors import (
     Canceled,
@@ -46,8 +47,12 @@ async def run_polling(
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     should_stop: Callable[[], Awaitable[bool]] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    on_absorbed: Callable[[BaseException], None] | None = None,
 ) -> WorkResult:
-    """Run one queue job to its images (resuming `external_id`), all within settings.timeout."""
+    """Run one queue job to its images (resuming `external_id`), all within settings.timeout.
+
+    `on_absorbed` is told of each failed poll the loop waits past (the job goes on).
+    """
     # One deadline covers submit + polls + downloads: a slow image server cannot stretch a
     # 2 s job to a minute. A job we give up on (deadline, max_attempts) is cancelled at the
     # provider, because the runner's next attempt submits a new one: never two paid jobs.
@@ -55,17 +60,14 @@ async def run_polling(
     job = _Job(external_id)
     images: list[bytes] | None = None
     try:
-        with anyio.move_on_after(settings.timeout):
+        with budget.tracking() as seen, anyio.move_on_after(settings.timeout):
             images = await _run_job(
                 provider,
                 request,
                 job,
                 settings,
                 started + settings.timeout,
-                on_submitted=on_submitted,
-                sleep=sleep,
-                should_stop=should_stop,
-                clock=clock,
+                _Hooks(on_submitted, sleep, should_stop, clock, on_absorbed),
             )
         if images is None:
             raise ProviderTimeout(
@@ -80,7 +82,11 @@ async def run_polling(
     provider_ms = (clock() - started) * 1000
     stored = await store.save(request.task_id, request.subtask_id, request.attempt, images)
     return WorkResult(
-        images=stored, provider_ms=provider_ms, external_id=job.id, extra={"polls": job.polls}
+        images=stored,
+        provider_ms=provider_ms,
+        external_id=job.id,
+        extra={"polls": job.polls},
+        ratelimit=seen.lowest,
     )
 
 
@@ -92,33 +98,33 @@ class _Job:
     polls: int = 0
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """What the caller of run_polling lends the job: persistence, time, stop and error ears."""
+
+    on_submitted: Callable[[str], Awaitable[None]]
+    sleep: Callable[[float], Awaitable[None]]
+    should_stop: Callable[[], Awaitable[bool]] | None
+    clock: Callable[[], float]
+    on_absorbed: Callable[[BaseException], None] | None
+
+
 async def _run_job(
     provider: QueueProvider,
     request: ImageRequest,
     job: _Job,
     settings: PollSettings,
     deadline: float,
-    *,
-    on_submitted: Callable[[str], Awaitable[None]],
-    sleep: Callable[[float], Awaitable[None]],
-    should_stop: Callable[[], Awaitable[bool]] | None,
-    clock: Callable[[], float],
+    hooks: _Hooks,
 ) -> list[bytes]:
     """Submit (unless resuming), poll to the end, check and download the images."""
     resumed = job.id is not None
     if job.id is None:
         job.id = await provider.submit(request)
         # Persisted before the first poll, so a restarted runner resumes instead of resubmitting.
-        await on_submitted(job.id)
+        await hooks.on_submitted(job.id)
     status, job.polls = await _wait_done(
-        provider,
-        job.id,
-        settings,
-        deadline,
-        sleep=sleep,
-        should_stop=should_stop,
-        clock=clock,
-        poll_first=resumed,
+        provider, job.id, settings, deadline, hooks, poll_first=resumed
     )
     if status.state == "failed":
         message = f"job {job.id} failed: {status.error or 'no reason given'}"
@@ -140,10 +146,8 @@ async def _wait_done(
     external_id: str,
     settings: PollSettings,
     deadline: float,
+    hooks: _Hooks,
     *,
-    sleep: Callable[[float], Awaitable[None]],
-    should_stop: Callable[[], Awaitable[bool]] | None,
-    clock: Callable[[], float],
     poll_first: bool,
 ) -> tuple[JobStatus, int]:
     """Poll until the job ends; ProviderTimeout past max_attempts or the deadline."""
@@ -153,17 +157,20 @@ async def _wait_done(
         if isinstance(last_error, RateLimited) and last_error.retry_after:
             delay = max(delay, last_error.retry_after)
         if attempt > 0 or not poll_first:
-            if clock() + delay > deadline:
+            if hooks.clock() + delay > deadline:
                 break
-            await sleep(delay)
-        if should_stop is not None and await should_stop():
+            await hooks.sleep(delay)
+        if hooks.should_stop is not None and await hooks.should_stop():
             await _cancel(provider, external_id)
             raise Canceled(f"job {external_id} canceled by the runner")
         try:
             status = await provider.poll(external_id)
         except (TransientError, RateLimited) as exc:
-            # The job lives on at the provider; a failed poll is just a lost look at it.
+            # The job lives on at the provider; a failed poll is just a lost look at it, but
+            # still an answer (a 429, a 5xx, a timeout) the runner must hear of, once.
             log.debug("poll of job %s failed: %s", external_id, exc)
+            if hooks.on_absorbed is not None:
+                hooks.on_absorbed(exc)
             last_error = exc
             continue
         last_error = None

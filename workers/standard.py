@@ -6,6 +6,7 @@ import time
 
 import anyio
 
+from workers import budget
 from workers.checks import expect_images
 from workers.errors import ProviderTimeout, TransientError
 from workers.providers.base import StandardProvider
@@ -25,12 +26,13 @@ async def run_standard(
     # request's own timeout would allow (None: no deadline of our own).
     started = time.perf_counter()
     images: list[bytes] | None = None
-    with anyio.move_on_after(timeout):
-        images = await provider.generate(request)
-    if images is None:
-        raise ProviderTimeout(f"generate: no images within the attempt's {timeout:g}s")
+    with budget.tracking() as seen:
+        with anyio.move_on_after(timeout):
+            images = await provider.generate(request)
+        if images is None:
+            raise ProviderTimeout(f"generate: no images within the attempt's {timeout:g}s")
     # Wrong count: retried (TransientError), as any malformed response is.
     expect_images(provider, request, len(images), "generate", TransientError)
     provider_ms = (time.perf_counter() - started) * 1000
     stored = await store.save(request.task_id, request.subtask_id, request.attempt, images)
-    return WorkResult(images=stored, provider_ms=provider_ms)
+    return WorkResult(images=stored, provider_ms=provider_ms, ratelimit=seen.lowest)

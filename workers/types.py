@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.headers import RateLimitInfo
 from workers.kinds import RATIO_SIZES
 
 
@@ -52,6 +53,9 @@ class WorkResult:
     provider_ms: float
     external_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The tightest request budget (x-ratelimit-*) the attempt's responses stated; for the
+    # runner's provider control, not stored.
+    ratelimit: RateLimitInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form for the database."""

@@ -6,6 +6,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,18 +24,22 @@ from runner.loop.metrics import Metrics
 from runner.loop.outcomes import Release
 from runner.loop.pool import Pool, Wakeup
 from runner.loop.recorder import Discard, Recorder
+from runner.loop.signals import SignalCounts
 from runner.policy.backoff import SubtaskRetryPolicy
-from runner.policy.classify import Attempt, classify, pressure_of
+from runner.policy.classify import Attempt, Signal, classify, recovered_error, signal_of
 from runner.policy.fingerprint import redact
 from runner.policy.scaling import Decision, PressureKind
 from runner.spec.params import image_request
 from workers.errors import Canceled, ProviderError, RateLimited
+from workers.headers import RateLimitInfo
 from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
 
 AT_LIMIT_RETRY = 0.05  # seconds: a provider at its fleet limit frees slots as any runner finishes
 FINAL_FLUSH_TIMEOUT = 5.0  # seconds at exit to record what is left; leases cover the rest
+# The subtask whose attempt runs in this task: names it on errors its retries absorb.
+_RUNNING: ContextVar[int | None] = ContextVar("imgrun_running_subtask", default=None)
 
 # Runs one claimed subtask to a result; raises ProviderError subclasses on failure.
 # `on_submitted` persists an async job id; `should_stop` tells a polling worker to give up.
@@ -99,6 +104,9 @@ class Executor:
         # provider -> until (monotonic): paused (its fleet cooldown, or it refused our
         # credentials or model): claims skip it until then
         self._paused_providers: dict[str, float] = {}
+        # provider -> what its answers said since this runner started (observe()); the fleet
+        # keeps its own counts per report
+        self.signals: dict[str, SignalCounts] = {}
         self._work_group: anyio.abc.TaskGroup | None = None
         self._aborted = False
         self._final_scope: anyio.CancelScope | None = None
@@ -326,7 +334,8 @@ class Executor:
         async def should_stop() -> bool:
             return row.task_id in self._canceled_tasks
 
-        started, sent_at = self.clock(), time.time()
+        started = self.clock()
+        _RUNNING.set(row.id)  # this task's own context: one subtask per task
         try:
             result = await self.work(row, request, on_submitted, should_stop)
         except anyio.get_cancelled_exc_class():
@@ -341,13 +350,13 @@ class Executor:
                 Outcome(row.id, row.attempts, "canceled", self.executor_id), release
             )
         except ProviderError as exc:
-            self._on_failure(pool, row, exc, release, sent_at, traceback_text=None)
+            self._on_failure(pool, row, exc, release, traceback_text=None)
         except Exception as exc:
             # A bug in a worker or adapter: keep the runner alive, count it as retryable.
             # Logged redacted: the exception's text may quote a request and its key.
             trace = redact(traceback.format_exc(), self.secrets)
             log.error("unexpected error running subtask %d\n%s", row.id, trace)
-            self._on_failure(pool, row, exc, release, sent_at, traceback_text=trace)
+            self._on_failure(pool, row, exc, release, traceback_text=trace)
         else:
             self._on_success(pool, row, result, self.clock() - started, release)
 
@@ -373,7 +382,8 @@ class Executor:
     ) -> None:
         pool.window.completed += 1
         pool.window.latencies.append(elapsed)
-        self.fleet.on_success(row.provider, elapsed)
+        self.observe(row.provider, pool.name, None, ratelimit=result.ratelimit)
+        self.fleet.on_success(row.provider, elapsed, result.ratelimit)
         self.metrics.completions.labels(pool.name, row.provider).inc()
         self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
         outcome = Outcome(
@@ -387,7 +397,6 @@ class Executor:
         row: ClaimedSubtask,
         exc: Exception,
         release: Release,
-        sent_at: float,
         traceback_text: str | None,
     ) -> None:
         policy = SubtaskRetryPolicy(
@@ -405,7 +414,7 @@ class Executor:
         )
         if verdict.pause_provider:
             self._pause_provider(row.provider, verdict.error)
-        self._pressure(pool, row.provider, verdict.pressure, verdict.retry_after, sent_at)
+        self.observe(row.provider, pool.name, exc)
         if verdict.counts_as_failure:
             pool.window.failures += 1
         self.metrics.failures.labels(pool.name, row.provider, verdict.kind).inc()
@@ -448,29 +457,62 @@ class Executor:
             provider,
         )
 
-    def observe_retry(self, pool_name: str, provider: str, exc: BaseException) -> None:
-        """An error a provider's own retries absorbed: still a pressure signal for the fleet."""
-        pool = self.pools.get(pool_name)
-        if pool is not None:
-            retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-            self._pressure(pool, provider, pressure_of(exc), retry_after, None)
+    def observe_retry(self, provider: str, pool_name: str, exc: BaseException) -> None:
+        """An error an in-attempt retry absorbed: a signal like any other, and a recovered error."""
+        record = recovered_error(exc, self.secrets, pool_name, provider, _RUNNING.get())
+        self.recorder.record_error(record)
+        self.observe(provider, pool_name, exc)
 
-    def _pressure(
+    def observe(
         self,
-        pool: Pool,
         provider: str,
-        kind: PressureKind | None,
+        pool_name: str,
+        event: BaseException | Signal | None,
+        retry_after: float | None = None,
+        sent_at: float | None = None,
+        *,
+        ratelimit: RateLimitInfo | None = None,
+    ) -> None:
+        """The one door for what a provider said: an error or signal (None: a success).
+
+        Called once per occurrence (absorbed by an in-attempt retry or ending the attempt), it
+        counts the signal, keeps the tightest request budget and hands pressure on.
+        """
+        if isinstance(event, BaseException):
+            if isinstance(event, RateLimited) and retry_after is None:
+                retry_after = event.retry_after
+            if isinstance(event, ProviderError):
+                sent_at = event.sent_at if sent_at is None else sent_at
+                ratelimit = event.ratelimit if ratelimit is None else ratelimit
+            signal = signal_of(event)
+        else:
+            signal = event
+        counts = self.signals.setdefault(provider, SignalCounts())
+        counts.note(ratelimit)
+        if signal is None:
+            return
+        counts.count(signal)
+        if signal == "server_error":
+            self.fleet.on_signal(provider, signal, ratelimit=ratelimit)
+        else:
+            self._on_pressure_signal(provider, pool_name, signal, retry_after, sent_at)
+
+    def _on_pressure_signal(
+        self,
+        provider: str,
+        pool_name: str,
+        signal: PressureKind,
         retry_after: float | None,
         sent_at: float | None,
     ) -> None:
-        """Count a 429, 503 or timeout; the provider's fleet-wide controller reacts to it."""
-        if kind is None:
-            return
-        if kind == "timeout":
-            pool.window.timeouts += 1
-        else:
-            pool.window.rate_limited += 1
-        self.fleet.on_signal(provider, kind, retry_after, sent_at)
+        """Pressure from `provider`: the pool's window counts it, the fleet's controller acts."""
+        pool = self.pools.get(pool_name)
+        if pool is not None:
+            if signal == "timeout":
+                pool.window.timeouts += 1
+            else:
+                pool.window.rate_limited += 1
+        self.fleet.on_signal(provider, signal, retry_after, sent_at)
 
     def adopt(self, pool: Pool, decision: Decision) -> None:
         """Apply a scaling decision to a pool, counting and logging a change."""

@@ -21,6 +21,8 @@ from db.ports import FleetStore
 from db.records import ProviderBounds, ProviderReport
 from runner.policy.control import ControllerConfig, Signal, initial_state
 from runner.policy.fleet_rules import pressure_change, window_change
+from workers.budget import lowest
+from workers.headers import RateLimitInfo
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,13 @@ class _Counts:
     timeouts: int = 0
     server_errors: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLE))
-    ratelimit: tuple[int, int | None, float | None] | None = None  # remaining, limit, reset
+    ratelimit: RateLimitInfo | None = None  # the tightest budget seen
 
     def report(self, provider: str) -> ProviderReport:
-        remaining, limit, reset = self.ratelimit or (None, None, None)
+        budget = self.ratelimit
+        remaining = budget.remaining if budget else None
+        limit = budget.limit if budget else None
+        reset = budget.reset if budget else None
         return ProviderReport(
             provider,
             self.completions,
@@ -115,7 +120,7 @@ class Fleet:
         self,
         provider: str,
         latency: float,
-        ratelimit: tuple[int, int | None, float | None] | None = None,
+        ratelimit: RateLimitInfo | None = None,
     ) -> None:
         """A request answered with images after `latency` seconds."""
         control = self.providers.get(provider)
@@ -132,7 +137,7 @@ class Fleet:
         signal: Signal | str,
         retry_after: float | None = None,
         sent_at: float | None = None,
-        ratelimit: tuple[int, int | None, float | None] | None = None,
+        ratelimit: RateLimitInfo | None = None,
     ) -> None:
         """A 429, 503, timeout or other server error, counted once; pressure is shared."""
         control = self.providers.get(provider)
@@ -155,14 +160,8 @@ class Fleet:
         control.wake.set()
 
     @staticmethod
-    def _ratelimit(
-        control: ProviderControl, ratelimit: tuple[int, int | None, float | None] | None
-    ) -> None:
-        if ratelimit is None:
-            return
-        seen = control.counts.ratelimit
-        if seen is None or ratelimit[0] <= seen[0]:
-            control.counts.ratelimit = ratelimit
+    def _ratelimit(control: ProviderControl, ratelimit: RateLimitInfo | None) -> None:
+        control.counts.ratelimit = lowest(control.counts.ratelimit, ratelimit)
 
     # --- the loops ----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ class Providers:
         self.config = config
         self.env = env
         self.session = session
-        # Told (pool, provider, error) of every error a provider's own retries absorb.
+        # Told (provider, pool, error) of every error a provider's own retries absorb.
         self.on_retry: Callable[[str, str, BaseException], None] | None = None
         self._standard: dict[str, StandardProvider] = {}
         self._queue: dict[str, QueueProvider] = {}
@@ -76,8 +77,7 @@ class Providers:
             raise PermanentError(f"provider {name!r} is not configured on this runner")
 
         def observe(exc: BaseException) -> None:
-            if self.on_retry is not None:
-                self.on_retry(pool, name, exc)
+            self.absorbed(name, pool, exc)
 
         retry = RequestRetryPolicy(
             attempts=settings.request_attempts,
@@ -85,6 +85,11 @@ class Providers:
             on_retry=observe,
         )
         return provider_config(name, settings), self.env.api_key(settings), retry
+
+    def absorbed(self, name: str, pool: str, exc: BaseException) -> None:
+        """Pass on an error the attempt went on past (an in-attempt retry, a failed poll)."""
+        if self.on_retry is not None:
+            self.on_retry(name, pool, exc)
 
     def standard(self, name: str) -> StandardProvider:
         """The adapter serving the standard pool; PermanentError if there is none."""
@@ -140,6 +145,7 @@ def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
                 external_id=row.external_id,
                 on_submitted=on_submitted,
                 should_stop=should_stop,
+                on_absorbed=partial(providers.absorbed, row.provider, row.pool),
             )
         return await run_standard(
             providers.standard(row.provider),

@@ -7,12 +7,18 @@ reaper both call `classify` and only carry out what it decides.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-from db.records import OutcomeKind
+from db.records import ErrorRecord, OutcomeKind
 from runner.policy.backoff import SubtaskRetryPolicy, decide_failure
 from runner.policy.fingerprint import error_type, fingerprint, redact
 from runner.policy.scaling import PressureKind
 from workers.errors import Misconfigured, ProviderError, ProviderTimeout, RateLimited
+
+# What one provider answer (or the lack of one) tells the runner: the three pressure signals,
+# plus other 5xx, which the provider controller counts but does not treat as pressure.
+Signal = Literal["rate_limited", "unavailable", "timeout", "server_error"]
+SIGNAL_NAMES: tuple[str, ...] = get_args(Signal)
 
 
 class LeaseExpired(ProviderError):
@@ -60,8 +66,8 @@ def classify(
     misconfigured_pause: float = 60.0,
 ) -> Verdict:
     """Decide retry, defer, failed or release for `exc`, with the redacted error and pressure."""
-    message = redact(str(exc) or type(exc).__name__, secrets)
-    kind = error_type(exc)
+    described = describe(exc, secrets)
+    message, kind = described.message, described.error_type
     if isinstance(exc, Misconfigured):
         # Every subtask of this provider would fail the same way: none is charged for it
         # (release: the attempt is not counted); they wait while the provider is paused.
@@ -70,7 +76,7 @@ def classify(
             delay=misconfigured_pause,
             error=f"{kind}: {message}",
             error_type=kind,
-            fingerprint=fingerprint(message),
+            fingerprint=described.fingerprint,
             reset_job=False,
             pressure=None,
             retry_after=None,
@@ -91,17 +97,58 @@ def classify(
         delay=decision.delay,
         error=f"{kind}: {message}",
         error_type=kind,
-        fingerprint=fingerprint(message),
+        fingerprint=described.fingerprint,
         reset_job=isinstance(exc, ProviderError) and exc.job_gone,
         pressure=pressure_of(exc),
         retry_after=retry_after,
     )
 
 
-def pressure_of(exc: BaseException) -> PressureKind | None:
-    """The scaling signal an error carries: 429, 503 or a timeout; None for the rest."""
+def signal_of(exc: BaseException) -> Signal | None:
+    """What an error tells the provider's controller: 429, 503, timeout, other 5xx, or None."""
+    status = exc.status if isinstance(exc, ProviderError) else None
+    if status == 503:
+        return "unavailable"
     if isinstance(exc, RateLimited):
-        return "rate_limited" if exc.status in (None, 429) else "unavailable"
-    if isinstance(exc, ProviderTimeout):
+        return "rate_limited"
+    # TimeoutError: aiohttp's connect/read timeouts, should an adapter let one through raw.
+    if isinstance(exc, ProviderTimeout | TimeoutError):
         return "timeout"
+    if status is not None and 500 <= status <= 599:
+        return "server_error"
     return None
+
+
+def pressure_of(exc: BaseException) -> PressureKind | None:
+    """The pressure signal an error carries (429, 503, timeout); None for the rest."""
+    signal = signal_of(exc)
+    return None if signal == "server_error" else signal
+
+
+@dataclass(frozen=True)
+class Described:
+    """An error as it is stored: redacted, named, fingerprinted."""
+
+    message: str  # the redacted message
+    error_type: str
+    fingerprint: str  # the message with ids and numbers masked (error_logs key)
+
+
+def describe(exc: BaseException, secrets: tuple[str, ...]) -> Described:
+    """Redact, name and fingerprint an error: one way for final and absorbed errors alike."""
+    message = redact(str(exc) or type(exc).__name__, secrets)
+    return Described(message, error_type(exc), fingerprint(message))
+
+
+def recovered_error(
+    exc: BaseException,
+    secrets: tuple[str, ...],
+    pool: str,
+    provider: str,
+    subtask_id: int | None,
+) -> ErrorRecord:
+    """The error_logs record of an error an in-attempt retry absorbed (the attempt went on)."""
+    described = describe(exc, secrets)
+    return ErrorRecord(
+        described.error_type, described.fingerprint, None, pool, provider, subtask_id, True
+    )

@@ -238,7 +238,11 @@ def _errors(errors: Sequence[ErrorSummary], now: datetime) -> Panel:
     table.add_column("last seen", justify="right", no_wrap=True)
     for error in errors:
         table.add_row(
-            Text(f"{error.count:,}", style="red"),
+            Text(
+                f"{error.count:,}"
+                + (f" ({error.recovered:,} recovered)" if error.recovered else ""),
+                style="red",
+            ),
             error.error_type,
             error.message,
             error.pool or "-",

@@ -91,6 +91,7 @@ class ErrorSummary:
     pool: str | None
     provider: str | None
     last_seen: datetime
+    recovered: int = 0  # of `count`, occurrences an in-attempt retry absorbed
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ def error(row: Row) -> ErrorSummary:
         pool=row["pool"],
         provider=row["provider"],
         last_seen=row["last_occurred_at"],
+        recovered=int(row.get("recovered") or 0),
     )
 
 

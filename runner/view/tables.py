@@ -122,6 +122,12 @@ def task_detail(task: Mapping[str, Any], now: datetime | None = None) -> Rendera
     return Group(*parts)
 
 
+def error_count(row: Mapping[str, Any]) -> str:
+    """A row's count and how many in-attempt retries absorbed: "38 (38 recovered)"."""
+    recovered = row.get("recovered") or 0
+    return f"{row['count']} ({recovered} recovered)" if recovered else str(row["count"])
+
+
 def errors_table(rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> Table:
     """The `imgrun errors` table: aggregated failures, most frequent first."""
     table = Table(title="errors", title_justify="left")
@@ -136,7 +142,7 @@ def errors_table(rows: Sequence[Mapping[str, Any]], now: datetime | None = None)
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         table.add_row(
-            str(row["count"]),
+            error_count(row),
             row["error_type"],
             row["error_message"],
             row["pool"] or "-",
@@ -164,6 +170,6 @@ def demo_summary(summary: Any) -> RenderableType:
         for column in ("count", "type", "message"):
             errors.add_column(column, overflow="fold")
         for row in summary.errors:
-            errors.add_row(str(row["count"]), row["error_type"], row["error_message"])
+            errors.add_row(error_count(row), row["error_type"], row["error_message"])
         parts.append(errors)
     return Group(*parts)

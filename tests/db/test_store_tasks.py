@@ -140,6 +140,17 @@ async def test_record_errors_adds_to_existing_rows_without_reporting_them_new(
     assert counts == {"a": 2, "c": 1}
 
 
+async def test_recovered_occurrences_count_in_both_totals(store: PgStore) -> None:
+    """Absorbed occurrences add to count and recovered; a None subtask keeps the last one."""
+    absorbed = ErrorRecord("TransientError", "a", None, "standard", "sim", None, recovered=True)
+    assert await store.record_errors([absorbed, error("a", 7), absorbed]) == [
+        ("TransientError", "a")
+    ]
+    assert await store.record_errors([absorbed]) == []  # not new again
+    (row,) = await store.top_errors()
+    assert (row["count"], row["recovered"], row["last_subtask_id"]) == (4, 3, 7)
+
+
 async def test_same_message_of_another_type_is_another_error(
     engine: AsyncEngine, store: PgStore
 ) -> None:

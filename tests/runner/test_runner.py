@@ -177,7 +177,7 @@ async def test_rate_limits_are_backpressure_not_failures(
     settings = runner_settings(
         url, {"providers": {"busy": {"type": "openai", "base_url": url, "request_attempts": 1}}}
     )
-    executor = await run_until_idle(engine, tmp_path, database_url, settings)
+    await run_until_idle(engine, tmp_path, database_url, settings)
 
     assert await status_counts(engine) == {"completed": 12}
     subtasks = await rows(engine, "SELECT retry_count, deferrals FROM subtasks")
@@ -261,7 +261,7 @@ async def test_rate_limits_absorbed_inside_an_attempt_still_cut_the_pool(
     settings = runner_settings(
         url, {"providers": {"busy": {"type": "openai", "base_url": url, "request_attempts": 3}}}
     )
-    executor = await run_until_idle(engine, tmp_path, database_url, settings)
+    await run_until_idle(engine, tmp_path, database_url, settings)
 
     assert await status_counts(engine) == {"completed": 12}
     subtasks = await rows(engine, "SELECT retry_count, deferrals FROM subtasks")

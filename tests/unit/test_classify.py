@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from runner.policy.backoff import SubtaskRetryPolicy
-from runner.policy.classify import Attempt, LeaseExpired, Verdict, classify, pressure_of
+from runner.policy.classify import (
+    Attempt,
+    LeaseExpired,
+    Verdict,
+    classify,
+    pressure_of,
+    recovered_error,
+    signal_of,
+)
 from workers.errors import (
     JobFailed,
     Misconfigured,
@@ -84,6 +93,46 @@ def test_only_the_worker_says_a_job_is_gone() -> None:
     timeout.job_gone = True
     assert verdict(timeout).reset_job
     assert not verdict(TransientError("lost a fetch")).reset_job
+
+
+@pytest.mark.parametrize(
+    ("exc", "signal"),
+    [
+        (RateLimited("HTTP 429"), "rate_limited"),
+        (RateLimited("429", status=None), "rate_limited"),
+        (RateLimited("HTTP 503", retry_after=2.0, status=503), "unavailable"),
+        (RateLimited("HTTP 503", status=503), "unavailable"),  # no Retry-After: still 503
+        (TransientError("HTTP 503", status=503), "unavailable"),  # however an adapter spells it
+        (ProviderTimeout("no answer"), "timeout"),
+        (aiohttp.ConnectionTimeoutError("connect"), "timeout"),  # raw, past an adapter
+        (aiohttp.ServerTimeoutError("read"), "timeout"),
+        (TimeoutError(), "timeout"),
+        (TransientError("HTTP 500", status=500), "server_error"),
+        (TransientError("HTTP 502", status=502), "server_error"),
+        (TransientError("HTTP 599", status=599), "server_error"),
+        (TransientError("HTTP 409", status=409), None),
+        (TransientError("connection reset"), None),
+        (PermanentError("HTTP 400", status=400), None),
+        (JobFailed("job failed"), None),
+        (LeaseExpired(), None),
+        (ValueError("a bug"), None),
+    ],
+)
+def test_signal_of_each_answer(exc: BaseException, signal: str | None) -> None:
+    """One mapping from an error to the controller's signal: 429, 503, timeout, other 5xx."""
+    assert signal_of(exc) == signal
+    assert pressure_of(exc) == (None if signal == "server_error" else signal)
+
+
+def test_recovered_error_is_redacted_and_fingerprinted_like_a_final_one() -> None:
+    """An absorbed error aggregates under the same key as the same error ending an attempt."""
+    exc = TransientError(f"sim POST /v1/x: HTTP 500: key {SECRET} broke on item 4711", status=500)
+    record = recovered_error(exc, (SECRET,), "standard", "sim", 7)
+    final = verdict(exc)
+    assert (record.error_type, record.fingerprint) == (final.error_type, final.fingerprint)
+    assert SECRET not in record.fingerprint and "4711" not in record.fingerprint
+    assert "HTTP 500" in record.fingerprint
+    assert record.recovered and record.subtask_id == 7 and record.stack_trace is None
 
 
 def test_pressure_of_absorbed_errors() -> None:

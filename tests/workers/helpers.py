@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any
 
 import aiohttp
@@ -53,3 +55,18 @@ def queue(
     """The sim's lumina-pool adapter."""
     config = ProviderConfig(name="sim", type="sim", base_url=sim.url, timeout=timeout)
     return build_provider(config, session, api_key=None, pool="lumina", retry=retry)
+
+
+def blackhole() -> tuple[socket.socket, list[socket.socket]]:
+    """A loopback listener whose accept queue is full: connects to it hang, unanswered."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # non-blocking: the SYN is out
+            filler.connect(server.getsockname())
+        fillers.append(filler)
+    return server, fillers

@@ -76,7 +76,7 @@ MODEL_GONE = '{"error": {"code": "model_not_found", "message": "The model gpt-x 
     ("status", "headers", "body", "error"),
     [
         (503, {"Retry-After": "1"}, "{}", RateLimited),
-        (503, None, "{}", TransientError),
+        (503, None, "{}", RateLimited),  # "too busy" even without a Retry-After
         (502, None, "{}", TransientError),
         (408, None, "{}", TransientError),
         (400, None, "{}", PermanentError),

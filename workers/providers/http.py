@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -10,6 +11,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from workers import budget
 from workers.errors import (
     Misconfigured,
     PermanentError,
@@ -18,7 +20,7 @@ from workers.errors import (
     RateLimited,
     TransientError,
 )
-from workers.headers import parse_retry_after
+from workers.headers import RateLimitInfo, parse_ratelimit, parse_retry_after
 from workers.providers.limits import (
     MAX_ERROR_BODY_BYTES,
     MAX_EXTERNAL_ID,
@@ -109,7 +111,9 @@ def classify(
     detail = clip(redact(_message(body)))
     message = f"{where}: HTTP {status}: {detail}"
     retry_after = parse_retry_after(headers.get("Retry-After"))
-    if status == 429 or (status == 503 and retry_after is not None):
+    if status in (429, 503):
+        # 503 is the provider saying "too busy" whether or not it says when to come back:
+        # backpressure the runner defers and cuts on, not a failure that spends retries.
         return RateLimited(message, retry_after=retry_after, status=status)
     if status >= 500 or status in _TRANSIENT_4XX:
         return TransientError(message, status=status)
@@ -117,6 +121,15 @@ def classify(
         # Bad credentials or an unknown model: every request would fail the same way.
         return Misconfigured(message, status=status)
     return PermanentError(message, status=status)
+
+
+def _stamped(
+    error: ProviderError, ratelimit: RateLimitInfo | None, sent_at: float
+) -> ProviderError:
+    """`error` carrying the budget its response stated and when its request was sent."""
+    error.ratelimit = ratelimit
+    error.sent_at = sent_at
+    return error
 
 
 class HttpClient:
@@ -138,7 +151,12 @@ class HttpClient:
         self.base_url = URL(base_url.rstrip("/") + "/")
         self.retry_policy = retry
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # A request's own timeout replaces the session's in aiohttp: restate the session's
+        # TCP connect timeout, or a connect that hangs would wait the whole `timeout`. (Not
+        # `connect`, which also covers the wait for a free connection of the pool.)
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=session.timeout.sock_connect
+        )
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.redact = Redactor([api_key])
 
@@ -174,23 +192,39 @@ class HttpClient:
             headers["Idempotency-Key"] = idempotency_key
         # The path may come from a provider's response (an image URL): clip it.
         where = f"{self.name} {method} {clip(url.path, 100)}"
+        sent_at = time.time()
+        ratelimit: RateLimitInfo | None = None
         try:
             async with self._session.request(
                 method, url, json=json_body, params=params, headers=headers, timeout=self._timeout
             ) as resp:
                 status, resp_headers = resp.status, resp.headers
+                # Every answer's budget, success or not, before the body can fail to arrive.
+                ratelimit = parse_ratelimit(resp_headers)
+                budget.note(ratelimit)
                 if status >= 400:
                     body = await read_prefix(resp, MAX_ERROR_BODY_BYTES)
                 else:
                     body = await read_body(resp, self.max_response_bytes, where)
         except TimeoutError as exc:
-            raise ProviderTimeout(f"{where}: no answer in {self._timeout.total}s") from exc
+            # aiohttp's connect and read timeouts are TimeoutErrors too (ServerTimeoutError).
+            error: ProviderError = ProviderTimeout(self._timeout_message(where, exc))
+            raise _stamped(error, ratelimit, sent_at) from exc
         except (aiohttp.ClientError, OSError) as exc:
             detail = clip(self.redact(f"{type(exc).__name__}: {exc}"))
-            raise TransientError(f"{where}: {detail}") from exc
+            raise _stamped(TransientError(f"{where}: {detail}"), ratelimit, sent_at) from exc
+        except ProviderError as exc:  # ResponseTooLarge
+            _stamped(exc, ratelimit, sent_at)
+            raise
         if status >= 400:
-            raise classify(status, resp_headers, body, where, self.redact)
+            error = classify(status, resp_headers, body, where, self.redact)
+            raise _stamped(error, ratelimit, sent_at)
         return body
+
+    def _timeout_message(self, where: str, exc: TimeoutError) -> str:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return f"{where}: could not connect in {self._timeout.sock_connect}s"
+        return f"{where}: no answer in {self._timeout.total}s"
 
     async def request_json(self, method: str, target: str | URL, **kwargs: Any) -> Any:
         """Like request(), parsing the body; a body that is not JSON is a TransientError."""
