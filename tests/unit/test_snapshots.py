@@ -108,7 +108,13 @@ def test_pool_apply_records_from_and_to_limit() -> None:
     pool = Pool(
         "standard",
         PoolConfig(
-            initial=10, max=50, step=5, scale_up_interval=60, scale_down_interval=180, timeout=120
+            initial=10,
+            max=50,
+            step=5,
+            scale_up_interval=60,
+            scale_down_interval=180,
+            timeout=120,
+            policy="queue-depth",  # starts at initial (the default policy holds max)
         ),
         now=0.0,
     )
