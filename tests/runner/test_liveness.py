@@ -168,3 +168,37 @@ async def test_a_long_request_is_never_taken_from_a_live_runner(
     assert await scalar(engine, "SELECT max(attempts) FROM subtasks") == 1
     assert await scalar(engine, "SELECT count(*) FROM error_logs") == 0
     assert sorted(stats["by_key"].values()) == [1] * 6
+
+
+async def test_a_process_superseded_under_its_id_stops_and_its_late_work_is_dropped(
+    engine: AsyncEngine, start_sim: Any, tmp_path: Path, database_url: str, cli_env: dict[str, str]
+) -> None:
+    """Two live processes started as `dup`: the second takes over (releasing the first's
+    rows); the first learns it from its next heartbeat and stops; each subtask is recorded
+    once, from the second's attempt.
+    """
+    async with start_sim(service_ms=2000.0, service_sigma=0.0, capacity=32) as sim:
+        await submit(engine, n=4)
+        settings = runner_settings(sim.url, {"runner": {"lease": 600, "shutdown_grace": 5}})
+        env = process_env(cli_env, tmp_path, database_url, settings)
+        first = await anyio.open_process(runner_command("--executor-id", "dup"), env=env)
+        second: Process | None = None
+        try:
+            await wait_until(lambda: holds(engine, "dup", 4))
+            second = await anyio.open_process(
+                runner_command("--until-idle", "--executor-id", "dup"), env=env
+            )
+            assert await finish(first, 30) == 0, "the superseded process stops by itself"
+            assert await finish(second, 60) == 0
+        finally:
+            await finish(first)
+            if second is not None:
+                await finish(second)
+        assert first.stderr is not None
+        log = b"".join([chunk async for chunk in first.stderr]).decode()
+
+    assert "another runner registered under this executor id" in log
+    assert await status_counts(engine) == {"completed": 4}
+    await assert_counters_consistent(engine)
+    assert await scalar(engine, "SELECT count(*) FROM subtasks WHERE attempts = 2") == 4
+    assert await scalar(engine, "SELECT state FROM executors WHERE id = 'dup'") == "stopped"
