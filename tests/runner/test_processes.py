@@ -81,7 +81,7 @@ async def test_two_runners_complete_each_subtask_exactly_once_in_priority_order(
 async def test_killed_runner_work_is_finished_by_another_after_lease_expiry(
     engine: AsyncEngine, start_sim: Any, tmp_path: Path, database_url: str, cli_env: dict[str, str]
 ) -> None:
-    """SIGKILL mid-run: after the lease expires the other runner finishes everything."""
+    """SIGKILL mid-run: once its heartbeat is stale, the other runner finishes everything."""
     async with start_sim(service_ms=300.0, service_sigma=0.0, capacity=32) as sim:
         await submit(engine, n=40)
         settings = runner_settings(sim.url, {"runner": {"lease": 2.0}})
