@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -198,27 +199,38 @@ async def register(runner: Runner, executor_id: str, details: dict[str, Any]) ->
         log.info("released %d subtasks an earlier process of this id still held", len(seen))
 
 
-async def reaper_loop(runner: Runner) -> None:
-    """Return the subtasks of runners that stopped heartbeating; each costs one attempt.
+@dataclass(frozen=True)
+class ReapPass:
+    """What one reaper pass looks at, and when the lease backstop is due next."""
 
-    Judging others starts stale_after after this loop (re)starts: a runner back from a
-    database outage first gives the others time to beat again. The lease backstop runs
-    every quarter lease: it is for rows no live runner holds, rare by construction.
+    dead_runners: bool
+    backstop: bool
+    backstop_at: float
+
+
+def reap_pass(now: float, started: float, backstop_at: float, settings: RunnerSettings) -> ReapPass:
+    """Plan a reaper pass (pure): judge others only once this loop has run stale_after
+    (back from an outage, a runner first gives the others time to beat again); the lease
+    backstop, for rows no live runner holds, every quarter lease.
     """
+    backstop = now >= backstop_at
+    return ReapPass(
+        dead_runners=now - started >= settings.stale_after,
+        backstop=backstop,
+        backstop_at=now + settings.lease / 4 if backstop else backstop_at,
+    )
+
+
+async def reaper_loop(runner: Runner) -> None:
+    """Return the subtasks of runners that stopped heartbeating; each costs one attempt."""
     settings = runner.settings
-    started = runner.now()
-    backstop_at = started
+    started = backstop_at = runner.now()
     while True:
         await anyio.sleep(settings.heartbeat_interval)
-        now = runner.now()
-        backstop = now >= backstop_at
-        if backstop:
-            backstop_at = now + settings.lease / 4
+        plan = reap_pass(runner.now(), started, backstop_at, settings)
+        backstop_at = plan.backstop_at
         reaped = await reap_once(
-            runner.store,
-            settings,
-            dead_runners=now - started >= settings.stale_after,
-            backstop=backstop,
+            runner.store, settings, dead_runners=plan.dead_runners, backstop=plan.backstop
         )
         if reaped:
             log.info("released %d subtasks of runners that stopped heartbeating", len(reaped))
