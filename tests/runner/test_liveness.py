@@ -61,7 +61,9 @@ async def test_a_killed_runners_work_is_taken_over_in_seconds_and_done_once(
     """SIGKILL a runner holding 8 subtasks: the live one claims them all well inside 15 s
     (the old lease was 60 s), with the default liveness settings; each completes once.
     """
-    async with start_sim(service_ms=3000.0, service_sigma=0.0, capacity=32) as sim:
+    # Requests of 10 s: the victim still holds all 8 when it is killed, however slow the
+    # survivor is to start on a busy machine.
+    async with start_sim(service_ms=10_000.0, service_sigma=0.0, capacity=32) as sim:
         await submit(engine, n=8)
         # The default heartbeat_interval and stale_after, not the tests' fast ones.
         settings = runner_settings(
@@ -110,7 +112,7 @@ async def test_a_restart_under_the_same_id_releases_the_old_rows_and_goes_idle(
     """Killed, then started again as `same`: the new process releases (never adopts) what the
     old one held, does it, and --until-idle returns. A long lease: nothing else frees them.
     """
-    async with start_sim(service_ms=2000.0, service_sigma=0.0, capacity=32) as sim:
+    async with start_sim(service_ms=5000.0, service_sigma=0.0, capacity=32) as sim:
         await submit(engine, n=6)
         settings = runner_settings(sim.url, {"runner": {"lease": 600}})
         env = process_env(cli_env, tmp_path, database_url, settings)
@@ -177,7 +179,8 @@ async def test_a_process_superseded_under_its_id_stops_and_its_late_work_is_drop
     rows); the first learns it from its next heartbeat and stops; each subtask is recorded
     once, from the second's attempt.
     """
-    async with start_sim(service_ms=2000.0, service_sigma=0.0, capacity=32) as sim:
+    # Requests of 10 s: the first process still holds all 4 when the second registers.
+    async with start_sim(service_ms=10_000.0, service_sigma=0.0, capacity=32) as sim:
         await submit(engine, n=4)
         settings = runner_settings(sim.url, {"runner": {"lease": 600, "shutdown_grace": 5}})
         env = process_env(cli_env, tmp_path, database_url, settings)
