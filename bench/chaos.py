@@ -95,7 +95,9 @@ async def held(url: str, executor_id: str | None) -> set[int]:
         rows = await connection.execute(
             text(
                 "SELECT id FROM subtasks WHERE status = 'processing'"
-                " AND (CAST(:e AS text) IS NULL OR executor_id = :e)"
+                # A process holds rows as `<executor id>:<incarnation>`.
+                " AND (CAST(:e AS text) IS NULL"
+                " OR left(executor_id, length(:e) + 1) = :e || ':')"
             ),
             {"e": executor_id},
         )

@@ -119,7 +119,13 @@ class Subtask(Base):
             "provider",
             postgresql_where=text("status = 'processing'"),
         ),
-        # The reaper looks only at in-flight rows.
+        # The rows one runner process holds: what is released when its heartbeat goes stale.
+        Index(
+            "ix_subtasks_holder",
+            "executor_id",
+            postgresql_where=text("status = 'processing'"),
+        ),
+        # The reaper's backstop looks only at in-flight rows.
         Index(
             "ix_subtasks_lease",
             "lease_expires_at",
@@ -186,8 +192,13 @@ class Executor(Base):
     """A registered runner process and its last heartbeat snapshot."""
 
     __tablename__ = "executors"
+    __table_args__ = (Index("ix_executors_holder", "holder", unique=True),)
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
+    # What this process writes into subtasks.executor_id: `<id>:<incarnation>`, new at
+    # every start, so a restart under the same id never adopts the dead process's rows.
+    # NULL (rows from before revision 0005): the id itself.
+    holder: Mapped[str | None] = mapped_column(Text)
     group: Mapped[str] = mapped_column("group", Text, server_default="default")
     host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)

@@ -128,10 +128,11 @@ MARK_LOST = text(
     WITH lost AS (
         UPDATE executors SET state = 'lost'
         WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => :after)
-        RETURNING id, "group", host, pid, heartbeat_at
+        RETURNING id, coalesce(holder, id) AS holder, "group", host, pid, heartbeat_at
     ), held AS (
+        -- Rows name the process (its holder), not the executor id (see models.Executor).
         SELECT executor_id, count(*) AS n FROM subtasks
-        WHERE status = 'processing' AND executor_id IN (SELECT id FROM lost)
+        WHERE status = 'processing' AND executor_id IN (SELECT holder FROM lost)
         GROUP BY executor_id
     )
     INSERT INTO outbox (event, payload, created_at)
@@ -141,7 +142,7 @@ MARK_LOST = text(
         'silent_seconds', round(CAST(extract(epoch FROM now() - l.heartbeat_at) AS numeric), 1),
         'subtasks_held', coalesce(h.n, 0)
     ), clock_timestamp()
-    FROM lost l LEFT JOIN held h ON h.executor_id = l.id
+    FROM lost l LEFT JOIN held h ON h.executor_id = l.holder
     RETURNING payload
     """
 )
@@ -150,7 +151,8 @@ MARK_LOST = text(
 async def mark_lost_runners(engine: AsyncEngine, after: float) -> list[dict[str, Any]]:
     """Runners silent for `after` seconds become 'lost', each with one runner.lost event."""
     # The UPDATE re-checks state under the row lock: of two watchdogs, one marks each runner;
-    # a heartbeat arriving first keeps it alive. Its leases are left to the reaper.
+    # a heartbeat arriving first keeps it alive. Its subtasks are left to the reaper (which
+    # runs this same statement with [runner] stale_after, in the transaction that releases).
     async with engine.begin() as connection:
         rows = await connection.execute(MARK_LOST, {"after": after})
         return [dict(row[0]) for row in rows.all()]

@@ -56,27 +56,44 @@ class SubtaskLeases(Protocol):
         """Persist an async job's id while still holding the lease; False if it was lost."""
         ...
 
-    async def reap_expired(self, decide: DecideLeases, *, limit: int = 1000) -> list[Outcome]:
-        """Settle expired leases as `decide` says, while they are locked; returns those."""
+    async def reap_expired(
+        self,
+        decide: DecideLeases,
+        *,
+        stale_after: float = 4.0,
+        dead_runners: bool = True,
+        backstop: bool = True,
+        limit: int = 1000,
+    ) -> list[Outcome]:
+        """Release, as `decide` says, the rows of runners silent past `stale_after` (marked
+        lost), and with `backstop` the expired leases no live runner holds; returns those.
+        """
         ...
 
 
 class ExecutorRegistry(Protocol):
-    """A runner's own row: registration, heartbeats (which renew its leases), clean stop."""
+    """A runner process's own row: registration, heartbeats (that row only), clean stop.
+
+    Each process holds subtasks under its own `holder` (`<executor_id>:<incarnation>`).
+    """
 
     async def register_executor(
-        self, executor_id: str, group: str, host: str, pid: int, version: str
-    ) -> None:
-        """Insert or revive this runner's row."""
+        self,
+        executor_id: str,
+        holder: str,
+        identity: dict[str, Any],
+        decide: DecideLeases,
+    ) -> list[Outcome]:
+        """Insert or revive the row of `executor_id` (identity: group, host, pid, version)
+        under `holder`; the previous holder's rows are released as `decide` says, never adopted.
+        """
         ...
 
-    async def heartbeat(
-        self, executor_id: str, pools: dict[str, Any], lease: float, held: Sequence[int]
-    ) -> int:
-        """Record a heartbeat and renew the leases of the rows `held`; returns how many."""
+    async def heartbeat(self, holder: str, pools: dict[str, Any]) -> str | None:
+        """Record a heartbeat; returns the row's previous state, None if superseded."""
         ...
 
-    async def mark_executor_stopped(self, executor_id: str, pools: dict[str, Any]) -> None:
+    async def mark_executor_stopped(self, holder: str, pools: dict[str, Any]) -> None:
         """Record a clean stop."""
         ...
 

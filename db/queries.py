@@ -19,7 +19,6 @@ from db.records import (
     ClaimBatch,
     ClaimedSubtask,
     ErrorRecord,
-    ExpiredLease,
     NewTask,
     Outcome,
     OutcomeKind,
@@ -460,38 +459,6 @@ async def set_external_id(
         return bool(result.rowcount)
 
 
-EXPIRED = text(
-    """
-    SELECT s.id, s.attempts AS attempt, s.executor_id, s.retry_count, s.deferrals,
-           t.max_retries, s.pool, t.provider
-    FROM subtasks s JOIN tasks t ON t.id = s.task_id
-    WHERE s.status = 'processing' AND s.lease_expires_at < now()
-    ORDER BY s.lease_expires_at
-    LIMIT :n
-    FOR UPDATE OF s SKIP LOCKED
-    """
-)
-
-
-async def reap_expired(
-    engine: AsyncEngine,
-    decide: Callable[[Sequence[ExpiredLease]], Sequence[Outcome]],
-    *,
-    limit: int = 1000,
-) -> list[Outcome]:
-    """Settle up to `limit` expired leases as `decide` says; returns the outcomes applied.
-
-    One transaction: the rows stay locked from the moment they are seen expired until
-    their outcomes commit, so a heartbeat cannot renew one in between (it skips locked
-    rows), and a lease renewed before the look is not expired at all.
-    """
-    async with engine.begin() as connection:
-        rows = (await connection.execute(EXPIRED, {"n": limit})).mappings().all()
-        outcomes = list(decide([ExpiredLease(**row) for row in rows]))
-        await _apply(connection, outcomes)
-    return outcomes
-
-
 async def work_remains(engine: AsyncEngine, pools: Sequence[str]) -> bool:
     """True while any subtask of `pools` is pending (now or later) or processing."""
     async with engine.connect() as connection:
@@ -540,72 +507,6 @@ async def canceled_among(engine: AsyncEngine, task_ids: Sequence[int]) -> set[in
             {"ids": list(task_ids)},
         )
         return {row[0] for row in rows.all()}
-
-
-# --- executors -------------------------------------------------------------
-
-
-async def register_executor(
-    engine: AsyncEngine, executor_id: str, group: str, host: str, pid: int, version: str
-) -> None:
-    """Insert or revive this runner's row."""
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                'INSERT INTO executors (id, "group", host, pid, version, state)'
-                " VALUES (:id, :group, :host, :pid, :version, 'running')"
-                ' ON CONFLICT (id) DO UPDATE SET "group" = excluded.group, host = excluded.host,'
-                " pid = excluded.pid, version = excluded.version, state = 'running',"
-                " started_at = now(), heartbeat_at = now(), stopped_at = NULL"
-            ),
-            {"id": executor_id, "group": group, "host": host, "pid": pid, "version": version},
-        )
-
-
-async def heartbeat(
-    engine: AsyncEngine,
-    executor_id: str,
-    pools: dict[str, Any],
-    lease: float,
-    held: Sequence[int],
-) -> int:
-    """Record a heartbeat with the pools' snapshot and renew the leases of the rows `held`."""
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "UPDATE executors SET heartbeat_at = now(), pools = CAST(:pools AS jsonb),"
-                " state = 'running' WHERE id = :id"
-            ),
-            {"id": executor_id, "pools": json.dumps(pools)},
-        )
-        if not held:
-            return 0
-        # SKIP LOCKED: a row being finished right now needs no renewal, and waiting for it
-        # would risk a deadlock with the flush that holds it.
-        result = await connection.execute(
-            text(
-                "UPDATE subtasks SET lease_expires_at = now() + make_interval(secs => :lease)"
-                " WHERE id IN (SELECT id FROM subtasks WHERE id = ANY(CAST(:ids AS bigint[]))"
-                " AND status = 'processing' AND executor_id = :executor"
-                " ORDER BY id FOR UPDATE SKIP LOCKED)"
-            ),
-            {"lease": lease, "executor": executor_id, "ids": list(held)},
-        )
-        return int(result.rowcount)
-
-
-async def mark_executor_stopped(
-    engine: AsyncEngine, executor_id: str, pools: dict[str, Any]
-) -> None:
-    """Record a clean stop."""
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "UPDATE executors SET state = 'stopped', stopped_at = now(), heartbeat_at = now(),"
-                " pools = CAST(:pools AS jsonb) WHERE id = :id"
-            ),
-            {"id": executor_id, "pools": json.dumps(pools)},
-        )
 
 
 # --- errors ----------------------------------------------------------------

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import (
     api_queries,
+    liveness_queries,
     notify,
     outbox,
     provider_queries,
@@ -88,27 +89,46 @@ class PgStore:
             self.engine, subtask_id, attempt, executor_id, external_id
         )
 
-    async def reap_expired(self, decide: DecideLeases, *, limit: int = 1000) -> list[Outcome]:
-        """Settle expired leases as `decide` says, in the transaction that locked them."""
-        return await queries.reap_expired(self.engine, decide, limit=limit)
+    async def reap_expired(
+        self,
+        decide: DecideLeases,
+        *,
+        stale_after: float = 4.0,
+        dead_runners: bool = True,
+        backstop: bool = True,
+        limit: int = 1000,
+    ) -> list[Outcome]:
+        """Release dead runners' rows (and unowned expired leases) as `decide` says."""
+        return await liveness_queries.reap_expired(
+            self.engine,
+            decide,
+            stale_after=stale_after,
+            dead_runners=dead_runners,
+            backstop=backstop,
+            limit=limit,
+        )
 
     # --- ExecutorRegistry ------------------------------------------------
 
     async def register_executor(
-        self, executor_id: str, group: str, host: str, pid: int, version: str
-    ) -> None:
-        """Insert or revive this runner's row."""
-        await queries.register_executor(self.engine, executor_id, group, host, pid, version)
+        self,
+        executor_id: str,
+        holder: str,
+        identity: dict[str, Any],
+        decide: DecideLeases,
+    ) -> list[Outcome]:
+        """Insert or revive this runner's row under `holder`; release the previous holder's rows."""
+        return await liveness_queries.register_executor(
+            self.engine, executor_id, holder, identity, decide
+        )
 
-    async def heartbeat(
-        self, executor_id: str, pools: dict[str, Any], lease: float, held: Sequence[int]
-    ) -> int:
-        """Record a heartbeat and renew held leases."""
-        return await queries.heartbeat(self.engine, executor_id, pools, lease, held)
+    async def heartbeat(self, holder: str, pools: dict[str, Any]) -> str | None:
+        """Record a heartbeat; the row's previous state, or None if superseded."""
+        return await liveness_queries.heartbeat(self.engine, holder, pools)
 
-    async def mark_executor_stopped(self, executor_id: str, pools: dict[str, Any]) -> None:
+    async def mark_executor_stopped(self, holder: str, pools: dict[str, Any]) -> None:
         """Record a clean stop."""
-        await queries.mark_executor_stopped(self.engine, executor_id, pools)
+        await liveness_queries.mark_executor_stopped(self.engine, holder, pools)
 
     # --- QueueSignals ----------------------------------------------------
 

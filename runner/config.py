@@ -120,7 +120,11 @@ class RunnerSettings(_Strict):
 
     executor_id: str | None = None
     group: str = "default"
-    heartbeat_interval: float = Field(default=5.0, gt=0)
+    # Liveness is per runner: its heartbeat touches its own executors row only, and any
+    # runner that finds one silent past stale_after releases that runner's subtasks.
+    heartbeat_interval: float = Field(default=1.0, gt=0)  # seconds
+    stale_after: float = Field(default=4.0, gt=0)  # seconds of heartbeat silence = dead
+    # The backstop for rows no live runner holds (set at claim, never renewed).
     lease: float = Field(default=60.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     retry_base: float = Field(default=1.0, ge=0)
@@ -136,6 +140,16 @@ class RunnerSettings(_Strict):
     # pool, and every configured provider that can serve it.
     pools: tuple[PoolName, ...] = ()
     providers: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _liveness(self) -> RunnerSettings:
+        # A live runner must get at least two heartbeats in before the fleet declares it dead.
+        if self.stale_after < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"stale_after ({self.stale_after:g} s) must be at least twice"
+                f" heartbeat_interval ({self.heartbeat_interval:g} s)"
+            )
+        return self
 
 
 class RetentionSettings(_Strict):

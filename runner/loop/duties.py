@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
-from db.ports import RetentionStore, RunnerStore
+from db.engine import is_transient_db_error
+from db.ports import DecideLeases, RetentionStore, RunnerStore
 from db.records import ErrorRecord, ExpiredLease, Outcome
 from runner.config import RetentionSettings, RunnerSettings
 from runner.loop.pool import Pool, Wakeup
@@ -36,7 +38,7 @@ class Runner(Protocol):
 
     @property
     def executor_id(self) -> str:
-        """This runner's id."""
+        """This process's holder: what its claims write into subtasks.executor_id."""
         ...
 
     @property
@@ -107,14 +109,43 @@ def lease_outcomes(expired: Sequence[ExpiredLease], settings: RunnerSettings) ->
 
 
 async def heartbeat_loop(runner: Runner) -> None:
-    """Record this runner's state, renew its leases, learn which of its tasks were canceled."""
-    store, settings = runner.store, runner.settings
+    """Every heartbeat_interval: this runner's row (only), and which of its tasks were canceled.
+
+    A failed beat is retried at the next interval, not after a growing backoff: after a
+    database outage, every live runner must beat again well within stale_after.
+    """
+    settings = runner.settings
     while True:
         await anyio.sleep(settings.heartbeat_interval)
-        await store.heartbeat(
-            runner.executor_id, runner.snapshot(), settings.lease, runner.held_ids
+        try:
+            await beat_once(runner)
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            # The type only: a database error's text may carry its URL.
+            log.warning(
+                "heartbeat failed (%s); next in %gs",
+                type(exc).__name__,
+                settings.heartbeat_interval,
+            )
+
+
+async def beat_once(runner: Runner) -> None:
+    """One heartbeat; stops the runner if another process registered under its id."""
+    previous = await runner.store.heartbeat(runner.executor_id, runner.snapshot())
+    if previous is None:
+        log.error(
+            "another runner registered under this executor id: its predecessor's subtasks"
+            " were released; stopping (%s)",
+            runner.executor_id,
         )
-        runner.set_canceled_tasks(await store.canceled_among(runner.held_task_ids))
+        runner.request_stop()
+        return
+    if previous == "lost":
+        # Our silence outlived stale_after: the fleet released what we held; what is in
+        # flight now will be dropped by the fence. We are alive, so we carry on.
+        log.warning("this runner was declared lost and its subtasks released; running on")
+    runner.set_canceled_tasks(await runner.store.canceled_among(runner.held_task_ids))
 
 
 def lease_errors(expired: Sequence[ExpiredLease]) -> list[ErrorRecord]:
@@ -126,27 +157,83 @@ def lease_errors(expired: Sequence[ExpiredLease]) -> list[ErrorRecord]:
     ]
 
 
-async def reap_once(store: RunnerStore, settings: RunnerSettings) -> list[ExpiredLease]:
-    """Settle the expired leases (one transaction); returns those it settled."""
-    seen: list[ExpiredLease] = []
+def lease_decider(settings: RunnerSettings, seen: list[ExpiredLease]) -> DecideLeases:
+    """The reaper's rule, noting each row it is asked about in `seen`."""
 
     def decide(expired: Sequence[ExpiredLease]) -> list[Outcome]:
         seen.extend(expired)
         return lease_outcomes(expired, settings)
 
-    await store.reap_expired(decide)
+    return decide
+
+
+async def reap_once(
+    store: RunnerStore,
+    settings: RunnerSettings,
+    *,
+    dead_runners: bool = True,
+    backstop: bool = True,
+) -> list[ExpiredLease]:
+    """Release dead runners' rows (and unowned expired leases); returns those it released."""
+    seen: list[ExpiredLease] = []
+    await store.reap_expired(
+        lease_decider(settings, seen),
+        stale_after=settings.stale_after,
+        dead_runners=dead_runners,
+        backstop=backstop,
+    )
     if seen:
         await store.record_errors(lease_errors(seen))
     return seen
 
 
+async def register(runner: Runner, executor_id: str, details: dict[str, Any]) -> None:
+    """Register this process (a new holder); release what a predecessor of our id held."""
+    seen: list[ExpiredLease] = []
+    store, settings = runner.store, runner.settings
+    await store.register_executor(
+        executor_id, runner.executor_id, details, lease_decider(settings, seen)
+    )
+    if seen:
+        await store.record_errors(lease_errors(seen))
+        log.info("released %d subtasks an earlier process of this id still held", len(seen))
+
+
+@dataclass(frozen=True)
+class ReapPass:
+    """What one reaper pass looks at, and when the lease backstop is due next."""
+
+    dead_runners: bool
+    backstop: bool
+    backstop_at: float
+
+
+def reap_pass(now: float, started: float, backstop_at: float, settings: RunnerSettings) -> ReapPass:
+    """Plan a reaper pass (pure): judge others only once this loop has run stale_after
+    (back from an outage, a runner first gives the others time to beat again); the lease
+    backstop, for rows no live runner holds, every quarter lease.
+    """
+    backstop = now >= backstop_at
+    return ReapPass(
+        dead_runners=now - started >= settings.stale_after,
+        backstop=backstop,
+        backstop_at=now + settings.lease / 4 if backstop else backstop_at,
+    )
+
+
 async def reaper_loop(runner: Runner) -> None:
-    """Return the subtasks of runners that stopped answering; each costs one attempt."""
+    """Return the subtasks of runners that stopped heartbeating; each costs one attempt."""
+    settings = runner.settings
+    started = backstop_at = runner.now()
     while True:
-        await anyio.sleep(runner.settings.heartbeat_interval)
-        reaped = await reap_once(runner.store, runner.settings)
+        await anyio.sleep(settings.heartbeat_interval)
+        plan = reap_pass(runner.now(), started, backstop_at, settings)
+        backstop_at = plan.backstop_at
+        reaped = await reap_once(
+            runner.store, settings, dead_runners=plan.dead_runners, backstop=plan.backstop
+        )
         if reaped:
-            log.info("reaped %d subtasks whose lease expired", len(reaped))
+            log.info("released %d subtasks of runners that stopped heartbeating", len(reaped))
 
 
 async def scaler_loop(runner: Runner) -> None:

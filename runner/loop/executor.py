@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -61,6 +62,13 @@ class Identity:
     host: str
     pid: int
     version: str
+    # New at every start: a restart under the same id is a new holder, never the old one.
+    incarnation: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def holder(self) -> str:
+        """What this process writes into subtasks.executor_id (and the fence compares)."""
+        return f"{self.executor_id}:{self.incarnation}"
 
 
 class Executor:
@@ -113,8 +121,8 @@ class Executor:
 
     @property
     def executor_id(self) -> str:
-        """This runner's id."""
-        return self.identity.executor_id
+        """This process's holder (`<executor_id>:<incarnation>`): claims, outcomes, heartbeat."""
+        return self.identity.holder
 
     def request_stop(self) -> None:
         """Stop claiming; in-flight work drains within the grace period."""
@@ -130,9 +138,12 @@ class Executor:
     async def run(self) -> None:
         """Register, run until asked to stop (or idle), drain, and mark ourselves stopped."""
         i = self.identity
-        await self.store.register_executor(i.executor_id, i.group, i.host, i.pid, i.version)
-        await self.fleet.register(time.time())
+        # Journals first: a predecessor's finished work is recorded before registering
+        # releases what it still held.
         await self.recorder.replay_journals()
+        details = {"group": i.group, "host": i.host, "pid": i.pid, "version": i.version}
+        await duties.register(self, i.executor_id, details)
+        await self.fleet.register(time.time())
         log.info(
             "runner %s started (pools: %s)",
             self.executor_id,

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.records import ClaimedSubtask, Outcome, ProviderBounds
+from db.records import ClaimedSubtask, ExpiredLease, Outcome, ProviderBounds
 from db.store import PgStore
 from runner.config import RunnerSettings
 from runner.loop.duties import lease_outcomes
@@ -86,9 +86,32 @@ REAP_SETTINGS = RunnerSettings(retry_base=0.0)
 LEASE_EXPIRED = f"LeaseExpired: {LeaseExpired()}"
 
 
-async def reap(store: PgStore, *, limit: int = 1000) -> list[Outcome]:
-    """Reap expired leases as the runner does (its classification rule)."""
-    return await store.reap_expired(lambda rows: lease_outcomes(rows, REAP_SETTINGS), limit=limit)
+def decide(rows: Sequence[ExpiredLease]) -> list[Outcome]:
+    """The runner's rule for a released row."""
+    return lease_outcomes(rows, REAP_SETTINGS)
+
+
+async def reap(store: PgStore, *, limit: int = 1000, **options: Any) -> list[Outcome]:
+    """Release what the reaper would (its classification rule); `options`: stale_after..."""
+    return await store.reap_expired(decide, limit=limit, **options)
+
+
+async def register(store: PgStore, executor_id: str, holder: str, pid: int = 1) -> list[Outcome]:
+    """Register a runner process as the executor does; returns what it released."""
+    details = {"group": "g", "host": "box", "pid": pid, "version": "v"}
+    return await store.register_executor(executor_id, holder, details, decide)
+
+
+async def silence(engine: AsyncEngine, holder: str, seconds: float = 60.0) -> None:
+    """As if the runner process `holder` had not heartbeaten for `seconds`."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE executors SET heartbeat_at = now() - make_interval(secs => :s)"
+                " WHERE holder = :holder"
+            ),
+            {"s": seconds, "holder": holder},
+        )
 
 
 async def claim_rows(

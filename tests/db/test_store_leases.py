@@ -1,4 +1,4 @@
-"""Reaping, heartbeats and external ids: what happens to leases over time."""
+"""Reaping, heartbeats and external ids: what happens to held rows over time."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.db.conftest import (
     expire,
     outcome,
     reap,
+    register,
     subtask,
 )
 from tests.runner.conftest import submit
@@ -97,58 +98,35 @@ async def test_reap_respects_its_limit(engine: AsyncEngine, store: PgStore) -> N
     assert len(await reap(store, limit=2)) == 1
 
 
-async def test_a_renewed_lease_is_not_reaped(engine: AsyncEngine, store: PgStore) -> None:
-    """A heartbeat after expiry (the runner is alive after all) keeps the row."""
-    await submit(engine, n=1)
-    (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
-    await expire(engine, [row.id])
-    assert await store.heartbeat("r1", {}, 60.0, [row.id]) == 1
-    assert await reap(store) == []
-    assert (await subtask(engine, row.id))["status"] == "processing"
-
-
-async def test_a_heartbeat_renewing_while_the_reaper_runs_wins(
+async def test_a_row_being_recorded_while_the_reaper_looks_is_skipped(
     engine: AsyncEngine, store: PgStore
 ) -> None:
-    """The renewal is in flight (row locked, not committed) when the reaper looks: kept.
+    """Its holder's flush holds the row (locked, not committed) when the reaper looks: kept.
 
-    The reaper locks, re-checks and moves in one statement, so no renewal can land between
-    its look and its move; here the renewal holds the row, is skipped, then commits.
+    The reaper locks, re-checks and moves in one statement (SKIP LOCKED): it neither waits
+    for nor takes a row another transaction holds; the holder's outcome then lands.
     """
     await submit(engine, n=1)
     (row,) = await claim_rows(store, "standard", 1, "r1", 60.0)
     await expire(engine, [row.id])
-    async with engine.connect() as renewal, renewal.begin() as transaction:
-        await renewal.execute(
-            text("UPDATE subtasks SET lease_expires_at = now() + interval '60 s' WHERE id = :id"),
-            {"id": row.id},
+    async with engine.connect() as flush, flush.begin() as transaction:
+        await flush.execute(
+            text("SELECT id FROM subtasks WHERE id = :id FOR UPDATE"), {"id": row.id}
         )
-        with anyio.fail_after(10):  # SKIP LOCKED: the reaper neither waits nor takes it
+        with anyio.fail_after(10):
             assert await reap(store) == []
         await transaction.commit()
-    assert await reap(store) == []
-    stored = await subtask(engine, row.id)
-    assert (stored["status"], stored["executor_id"], stored["retry_count"]) == (
-        "processing",
-        "r1",
-        0,
-    )
     assert await store.apply_outcomes([outcome(row, "completed")]) == [row.id]
 
 
-async def test_heartbeat_renews_only_this_runners_rows(engine: AsyncEngine, store: PgStore) -> None:
-    """Rows held by another runner, or finished, are not renewed; the snapshot is stored."""
-    await submit(engine, n=3)
-    await store.register_executor("r1", "g", "host", 1, "v")
-    mine, done = await claim_rows(store, "standard", 2, "r1", 5.0)
-    (theirs,) = await claim_rows(store, "standard", 1, "r2", 5.0)
-    await store.apply_outcomes([outcome(done, "completed")])
-    renewed = await store.heartbeat(
-        "r1", {"standard": {"limit": 3}}, 90.0, [mine.id, done.id, theirs.id]
-    )
-    assert renewed == 1
-    assert (await subtask(engine, mine.id))["lease_left"] > 85
-    assert (await subtask(engine, theirs.id))["lease_left"] <= 5
+async def test_heartbeat_touches_only_its_executor_row(engine: AsyncEngine, store: PgStore) -> None:
+    """The snapshot is stored; the leases of the rows in flight are not rewritten."""
+    await submit(engine, n=1)
+    await register(store, "r1", "r1:a")
+    (mine,) = await claim_rows(store, "standard", 1, "r1:a", 5.0)
+    before = (await subtask(engine, mine.id))["lease_expires_at"]
+    assert await store.heartbeat("r1:a", {"standard": {"limit": 3}}) == "running"
+    assert (await subtask(engine, mine.id))["lease_expires_at"] == before
     async with engine.connect() as connection:
         pools = await connection.scalar(text("SELECT pools FROM executors WHERE id = 'r1'"))
     assert pools == {"standard": {"limit": 3}}
@@ -156,14 +134,14 @@ async def test_heartbeat_renews_only_this_runners_rows(engine: AsyncEngine, stor
 
 async def test_executor_register_and_stop(engine: AsyncEngine, store: PgStore) -> None:
     """A runner's row goes running → stopped, and registering again revives it."""
-    await store.register_executor("r1", "g", "host", 42, "1.0")
-    await store.mark_executor_stopped("r1", {"standard": {"limit": 1}})
-    query = text("SELECT state, pid, stopped_at IS NOT NULL FROM executors WHERE id = 'r1'")
+    await register(store, "r1", "r1:a", pid=42)
+    await store.mark_executor_stopped("r1:a", {"standard": {"limit": 1}})
+    query = text("SELECT state, pid, stopped_at IS NOT NULL, holder FROM executors WHERE id = 'r1'")
     async with engine.connect() as connection:
-        assert tuple((await connection.execute(query)).one()) == ("stopped", 42, True)
-    await store.register_executor("r1", "g", "host", 43, "1.0")
+        assert tuple((await connection.execute(query)).one()) == ("stopped", 42, True, "r1:a")
+    await register(store, "r1", "r1:b", pid=43)
     async with engine.connect() as connection:
-        assert tuple((await connection.execute(query)).one()) == ("running", 43, False)
+        assert tuple((await connection.execute(query)).one()) == ("running", 43, False, "r1:b")
 
 
 async def test_external_id_is_persisted_by_the_holder_only(

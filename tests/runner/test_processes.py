@@ -81,7 +81,7 @@ async def test_two_runners_complete_each_subtask_exactly_once_in_priority_order(
 async def test_killed_runner_work_is_finished_by_another_after_lease_expiry(
     engine: AsyncEngine, start_sim: Any, tmp_path: Path, database_url: str, cli_env: dict[str, str]
 ) -> None:
-    """SIGKILL mid-run: after the lease expires the other runner finishes everything."""
+    """SIGKILL mid-run: once its heartbeat is stale, the other runner finishes everything."""
     async with start_sim(service_ms=300.0, service_sigma=0.0, capacity=32) as sim:
         await submit(engine, n=40)
         settings = runner_settings(sim.url, {"runner": {"lease": 2.0}})
@@ -90,7 +90,7 @@ async def test_killed_runner_work_is_finished_by_another_after_lease_expiry(
 
         async def victim_busy() -> bool:
             held = await scalar(
-                engine, "SELECT count(*) FROM subtasks WHERE executor_id = 'victim'"
+                engine, "SELECT count(*) FROM subtasks WHERE executor_id LIKE 'victim:%'"
             )
             return bool(held)
 
@@ -101,7 +101,8 @@ async def test_killed_runner_work_is_finished_by_another_after_lease_expiry(
             await finish(victim)
         held = await scalar(
             engine,
-            "SELECT count(*) FROM subtasks WHERE executor_id = 'victim' AND status = 'processing'",
+            "SELECT count(*) FROM subtasks WHERE executor_id LIKE 'victim:%'"
+            " AND status = 'processing'",
         )
         assert held > 0
         rescuer = await anyio.open_process(
@@ -220,6 +221,6 @@ async def test_second_signal_exits_at_once_and_leases_cover_the_rest(
     held = await scalar(
         engine,
         "SELECT count(*) FROM subtasks WHERE status = 'processing'"
-        " AND executor_id = 'impatient' AND lease_expires_at > now()",
+        " AND executor_id LIKE 'impatient:%' AND lease_expires_at > now()",
     )
     assert held == 5, "left for the lease to cover, not lost"

@@ -78,7 +78,7 @@ async def test_both_pools_complete_and_tasks_roll_up(
     assert sorted(stats["submissions_by_subtask"].values()) == [1] * 5
     executors = await rows(engine, "SELECT id, state, pools FROM executors")
     assert executors == [
-        {"id": executor.executor_id, "state": "stopped", "pools": executor.snapshot()}
+        {"id": executor.identity.executor_id, "state": "stopped", "pools": executor.snapshot()}
     ]
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.store import PgStore
 from runner.loop.executor import Executor
 from runner.loop.service import serve
-from tests.db.conftest import expire, reap
+from tests.db.conftest import reap, silence
 from tests.runner.conftest import (
     assert_counters_consistent,
     make_config,
@@ -85,8 +85,10 @@ async def test_a_stale_holder_finishing_late_never_changes_the_recorded_image(
     base = merge_settings(
         runner_settings(url), {"providers": {"gate": {"type": "openai", "base_url": url}}}
     )
-    # The stale runner never renews its lease nor reaps within the test.
-    stale_settings = merge_settings(base, {"runner": {"heartbeat_interval": 60, "lease": 60}})
+    # The stale runner neither heartbeats nor reaps within the test.
+    stale_settings = merge_settings(
+        base, {"runner": {"heartbeat_interval": 60, "stale_after": 600, "lease": 60}}
+    )
     stale_config, env = make_config(tmp_path, database_url, stale_settings)
     fresh_config, _ = make_config(tmp_path, database_url, base)
     stale: list[Executor] = []
@@ -96,8 +98,8 @@ async def test_a_stale_holder_finishing_late_never_changes_the_recorded_image(
         group.start_soon(lambda: serve(engine, stale_config, env, on_start=stale.append))
         with anyio.fail_after(30):
             await provider.first_arrived.wait()
-        # Its runner stops answering (as far as the database can tell): the lease is reaped.
-        await expire(engine, [subtask_id])
+        # Its runner stops answering (as far as the database can tell): its rows are released.
+        await silence(engine, stale[0].executor_id)
         assert len(await reap(PgStore(engine))) == 1
         with anyio.fail_after(60):
             await serve(engine, fresh_config, env, until_idle=True)
