@@ -7,7 +7,6 @@ imgrun's come from its subtask timestamps.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -92,12 +91,3 @@ async def rate(url: str) -> tuple[float, int]:
     finally:
         await connection.close()
     return int(row["done"]) / float(row["seconds"]), int(row["done"])
-
-
-async def throughput(url: str, n: int, batch_size: int, in_flight: int) -> float:
-    """Queue `n` jobs, drain them with one worker; jobs/s."""
-    await enqueue(url, n)
-    await asyncio.wait_for(drain(url, batch_size, in_flight), timeout=600)
-    per_second, done = await rate(url)
-    assert done == n, f"pgqueuer: only {done} of {n} succeeded"
-    return per_second
