@@ -7,6 +7,7 @@ imgrun's come from its subtask timestamps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -54,8 +55,11 @@ async def enqueue(url: str, n: int) -> None:
             await queries.enqueue([ENTRYPOINT] * size, [None] * size, [0] * size)
 
 
-async def drain(url: str, batch_size: int, in_flight: int) -> None:
-    """One worker (one connection) runs every queued job with a no-op handler, then returns."""
+async def drain(url: str, batch_size: int, in_flight: int, *, drain: bool = True) -> None:
+    """One worker (one connection) runs queued jobs with a no-op handler.
+
+    drain: return once the queue is empty; otherwise run (and wait for jobs) until killed.
+    """
     from pgqueuer.qm import QueueManager
     from pgqueuer.queries import Queries
     from pgqueuer.types import QueueExecutionMode
@@ -71,7 +75,7 @@ async def drain(url: str, batch_size: int, in_flight: int) -> None:
         await qm.run(
             batch_size=batch_size,
             max_concurrent_tasks=in_flight,
-            mode=QueueExecutionMode.drain,
+            mode=QueueExecutionMode.drain if drain else QueueExecutionMode.continuous,
             dequeue_timeout=timedelta(seconds=1),
         )
     finally:
@@ -91,3 +95,10 @@ async def rate(url: str) -> tuple[float, int]:
     finally:
         await connection.close()
     return int(row["done"]) / float(row["seconds"]), int(row["done"])
+
+
+if __name__ == "__main__":
+    # python -m bench.pgq URL: a continuous worker (batch 50, 100 in flight) until killed.
+    import sys
+
+    asyncio.run(drain(sys.argv[1], 50, 100, drain=False))
