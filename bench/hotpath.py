@@ -51,7 +51,7 @@ class StatementClock:
 
         event.listen(sync_engine, "before_cursor_execute", before)
         event.listen(sync_engine, "after_cursor_execute", after)
-        event.listen(sync_engine, "begin", lambda conn: self.count.update(["(BEGIN)"]))
+        event.listen(sync_engine, "begin", lambda conn: self.count.update(["(begin, logical)"]))
         event.listen(sync_engine, "commit", lambda conn: self.count.update(["(COMMIT)"]))
         event.listen(sync_engine.pool, "checkout", lambda *a: self.count.update(["(checkout)"]))
 
