@@ -78,3 +78,26 @@ async def queue_synthetic(
     rows = ((i, f"{name} {i}", f'{{"seed": {i}, "ratio": "1:1"}}') for i in range(n))
     async with open_engine(url) as engine:
         return await submit_task(engine, task, rows)
+
+
+async def server_cpu(url: str) -> float:
+    """CPU seconds the server (postmaster, live backends, exited ones) has used so far."""
+    import psutil
+
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        data_directory = await connection.fetchval("SHOW data_directory")
+    finally:
+        await connection.close()
+    pid = int((Path(data_directory) / "postmaster.pid").read_text().split()[0])
+    postmaster = psutil.Process(pid)
+    # Exited backends are the postmaster's reaped children: their CPU is in children_*.
+    times = postmaster.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in postmaster.children():
+        try:
+            child_times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue  # exited between the listing and the read: counted once reaped
+        total += child_times.user + child_times.system
+    return total

@@ -407,8 +407,11 @@ async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> li
     """
     if not outcomes:
         return []
-    async with engine.begin() as connection:
-        return await _apply(connection, outcomes)
+    # One statement is one transaction: autocommit spares the BEGIN and COMMIT round trips.
+    # A requeue's wake-up then follows the commit instead of riding on it.
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        return await _apply(autocommit, outcomes)
 
 
 async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> list[int]:
