@@ -129,3 +129,98 @@ def _number(value: object) -> float | None:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+# --- completions: the throughput rollup ---------------------------------------------------
+# Each pool's snapshot also carries what the runner completed recently, in buckets of its own
+# wall clock, so the status view sums O(runners) small series instead of scanning subtasks.
+
+BUCKET_SECONDS = 10.0  # width of one completion bucket
+# Buckets a runner keeps: the 5-minute window plus the bucket its start falls in.
+BUCKETS_KEPT = 31
+TASKS_KEPT = 50  # per pool and runner: the tasks with the most completions in the window
+MAX_TASKS_DECODED = 200  # bounds what a hostile or future row can make the status view read
+
+Series = tuple[tuple[float, int], ...]  # (bucket start, count), oldest first, no zero counts
+
+
+@dataclass(frozen=True)
+class Completions:
+    """One runner's recent completions in one pool, in buckets of the runner's wall clock."""
+
+    at: float = 0.0  # the runner's wall clock when the snapshot was taken
+    since: float = 0.0  # when it began counting (its start): nothing before is known
+    bucket: float = BUCKET_SECONDS
+    subtasks: Series = ()
+    images: Series = ()  # subtasks × their batch size
+    tasks: tuple[tuple[int, Series], ...] = ()  # per task (at most TASKS_KEPT), by id
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object stored in the heartbeat, under the pool's "completions" key."""
+        return {
+            "at": self.at,
+            "since": self.since,
+            "bucket": self.bucket,
+            "subtasks": [list(entry) for entry in self.subtasks],
+            "images": [list(entry) for entry in self.images],
+            "tasks": {str(task): [list(e) for e in series] for task, series in self.tasks},
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> Completions | None:
+        """Decode one stored rollup; None without a usable clock or bucket width."""
+        if not isinstance(value, Mapping):
+            return None
+        at, since = _number(value.get("at")), _number(value.get("since"))
+        bucket = _number(value.get("bucket"))
+        if at is None or since is None or bucket is None or bucket <= 0:
+            return None
+        tasks = value.get("tasks")
+        decoded: list[tuple[int, Series]] = []
+        if isinstance(tasks, Mapping):
+            for key, series in list(tasks.items())[:MAX_TASKS_DECODED]:
+                task_id = _integer_text(key)
+                if task_id is not None:
+                    decoded.append((task_id, _series(series)))
+        return cls(
+            at=at,
+            since=since,
+            bucket=bucket,
+            subtasks=_series(value.get("subtasks")),
+            images=_series(value.get("images")),
+            tasks=tuple(sorted(decoded)),
+        )
+
+
+def decode_completions(value: object) -> dict[str, Completions]:
+    """Each pool's rollup from a stored `executors.pools` value (pools without one left out)."""
+    if not isinstance(value, Mapping):
+        return {}
+    found = {}
+    for name, snap in value.items():
+        completions = (
+            Completions.from_json(snap.get("completions")) if isinstance(snap, Mapping) else None
+        )
+        if completions is not None:
+            found[str(name)] = completions
+    return found
+
+
+def _series(value: object) -> Series:
+    # At most BUCKETS_KEPT entries are ever written; more means a row we did not write.
+    if not isinstance(value, list):
+        return ()
+    entries = []
+    for entry in value[: BUCKETS_KEPT + 1]:
+        if isinstance(entry, list) and len(entry) == 2:
+            start, count = _number(entry[0]), _integer(entry[1])
+            if start is not None and count is not None and count > 0:
+                entries.append((start, count))
+    return tuple(sorted(entries))
+
+
+def _integer_text(value: object) -> int | None:
+    # JSON object keys are strings: a task id comes back as "12".
+    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+        return int(value)
+    return None

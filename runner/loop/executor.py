@@ -338,6 +338,7 @@ class Executor:
     ) -> None:
         pool.window.completed += 1
         pool.window.latencies.append(elapsed)
+        pool.record_completion(row, time.time())
         self.metrics.completions.labels(pool.name, row.provider).inc()
         self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
         outcome = Outcome(

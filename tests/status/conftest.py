@@ -12,7 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.queries import NewTask, submit_task
-from db.snapshots import LimitChange, PoolSnapshot
+from db.snapshots import Completions, LimitChange, PoolSnapshot
+
+RUNNER_AT = 10_000.0  # runner-live's wall clock at its last heartbeat (any value would do)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ async def seed(engine: AsyncEngine) -> Seeded:
     waiting standard prio 1, 5 × batch 1: all pending
     done    standard prio 1, 3 × batch 1: completed 2 h ago, finished 1 h ago
     stopped standard prio 3, 4 × batch 1: canceled 5 min ago with 1 still processing
+
+    runner-live's heartbeat (2 s ago) carries the completions rollup of alpha and lumina, on
+    its own clock: its snapshot was taken at RUNNER_AT, so "now" is RUNNER_AT + 2 there.
     """
     async with engine.connect() as connection:
         now: datetime = (await connection.execute(text("SELECT now()"))).scalar_one()
@@ -175,6 +180,22 @@ async def seed(engine: AsyncEngine) -> Seeded:
                 paused_for=3.5,
             ),
         }
+        # alpha 30/90/200/400 s and lumina 10/100 s before now, in the 10 s buckets of the
+        # runner's clock (now = RUNNER_AT + 2 there): 9_970, 9_910, 9_800, 9_600 and 9_990, 9_900.
+        live_pools["standard"]["completions"] = Completions(
+            at=RUNNER_AT,
+            since=RUNNER_AT - 900,
+            subtasks=((9_600.0, 1), (9_800.0, 1), (9_910.0, 1), (9_970.0, 1)),
+            images=((9_600.0, 2), (9_800.0, 2), (9_910.0, 2), (9_970.0, 2)),
+            tasks=((ids["alpha"], ((9_600.0, 1), (9_800.0, 1), (9_910.0, 1), (9_970.0, 1))),),
+        ).to_json()
+        live_pools["lumina"]["completions"] = Completions(
+            at=RUNNER_AT,
+            since=RUNNER_AT - 900,
+            subtasks=((9_900.0, 1), (9_990.0, 1)),
+            images=((9_900.0, 1), (9_990.0, 1)),
+            tasks=((ids["lumina"], ((9_900.0, 1), (9_990.0, 1))),),
+        ).to_json()
         two_pools = {
             "standard": pool_snapshot(10, 50, 1, 8, "queue-depth", ()),
             "lumina": pool_snapshot(2, 20, 0, 4, "queue-depth", ()),
