@@ -12,6 +12,7 @@ dropped (it says nothing a sparkline could use). Booleans are never taken as num
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +142,8 @@ BUCKETS_KEPT = 31
 TASKS_KEPT = 50  # per pool and runner: the tasks with the most completions in the window
 MAX_TASKS_DECODED = 200  # bounds what a hostile or future row can make the status view read
 
+BIGINT_MAX = 2**63 - 1
+
 Series = tuple[tuple[float, int], ...]  # (bucket start, count), oldest first, no zero counts
 
 
@@ -178,7 +181,7 @@ class Completions:
         tasks = value.get("tasks")
         decoded: list[tuple[int, Series]] = []
         if isinstance(tasks, Mapping):
-            for key, series in list(tasks.items())[:MAX_TASKS_DECODED]:
+            for key, series in itertools.islice(tasks.items(), MAX_TASKS_DECODED):
                 task_id = _integer_text(key)
                 if task_id is not None:
                     decoded.append((task_id, _series(series)))
@@ -220,7 +223,9 @@ def _series(value: object) -> Series:
 
 
 def _integer_text(value: object) -> int | None:
-    # JSON object keys are strings: a task id comes back as "12".
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
-        return int(value)
+    # JSON object keys are strings: a task id comes back as "12". Beyond bigint it is no
+    # task id, and would break the status read's lookup of task starts.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        return number if number <= BIGINT_MAX else None
     return None

@@ -167,3 +167,30 @@ async def test_no_status_query_reads_completed_subtasks(engine: AsyncEngine) -> 
         )
     assert "ix_subtasks_in_flight" in plan
     assert "ix_subtasks_completed_at" not in plan
+
+
+async def test_a_damaged_rollup_never_breaks_the_read(engine: AsyncEngine, seeded: Seeded) -> None:
+    """Garbage in an executors row's rollup is dropped; the live runner's rates still stand."""
+    hostile = {
+        "standard": {
+            "completions": {
+                "at": 1,
+                "since": 0,
+                "bucket": 10,
+                "subtasks": [[0, "x"], None, [1, 2, 3]],
+                "tasks": {str(2**63): [[0, 1]], "12345678901234567890123": [], "x": 1},
+            }
+        },
+        "lumina": {"completions": {"at": "soon", "bucket": -1}},
+    }
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                'INSERT INTO executors (id, "group", host, pid, version, state, started_at,'
+                " heartbeat_at, pools) VALUES ('runner-odd', 'default', 'h', 1, '0', 'running',"
+                " :now, :now, CAST(:pools AS jsonb))"
+            ),
+            {"now": seeded.now, "pools": json.dumps(hostile)},
+        )
+    t = (await load_status(PgStore(engine), now=seeded.now)).throughput
+    assert (t.images_per_min_1m, t.subtasks_per_min_1m) == (3.0, 2.0)

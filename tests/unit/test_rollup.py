@@ -132,3 +132,12 @@ def test_bad_entries_are_dropped_and_the_decode_is_bounded() -> None:
     assert c.subtasks == ((90.0, 2),)
     assert len(c.images) == BUCKETS_KEPT + 1
     assert len(c.tasks) == MAX_TASKS_DECODED
+
+
+def test_task_ids_beyond_bigint_or_not_plain_digits_are_dropped() -> None:
+    """A key the tasks table could never hold would break the lookup of task starts."""
+    keys = [str(2**63 - 1), str(2**63), "１２", "0012", "1e3", " 7"]
+    value = {"at": 1, "since": 0, "bucket": 10, "tasks": {k: [[0, 1]] for k in keys}}
+    c = Completions.from_json(value)
+    assert c is not None
+    assert [task for task, _ in c.tasks] == [12, 2**63 - 1]
