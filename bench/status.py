@@ -119,15 +119,14 @@ def history(now: float, start_limit: int, step: int) -> list[dict[str, Any]]:
 def completions(now: float, tasks: range, per_bucket: int) -> dict[str, Any]:
     """A full completion rollup: every kept bucket busy, for each of `tasks`."""
     first = now - now % BUCKET_SECONDS - (BUCKETS_KEPT - 1) * BUCKET_SECONDS
-    starts = [first + i * BUCKET_SECONDS for i in range(BUCKETS_KEPT)]
-    per_task = tuple((start, per_bucket) for start in starts)
     n = per_bucket * len(tasks)
     return Completions(
         at=now,
         since=now - 7200,
-        subtasks=tuple((start, n) for start in starts),
-        images=tuple((start, 2 * n) for start in starts),
-        tasks=tuple((task, per_task) for task in tasks),
+        first=first,
+        subtasks=(n,) * BUCKETS_KEPT,
+        images=(2 * n,) * BUCKETS_KEPT,
+        tasks=tuple((task, (per_bucket,) * BUCKETS_KEPT) for task in tasks),
     ).to_json()
 
 

@@ -144,7 +144,10 @@ MAX_TASKS_DECODED = 200  # bounds what a hostile or future row can make the stat
 
 BIGINT_MAX = 2**63 - 1
 
-Series = tuple[tuple[float, int], ...]  # (bucket start, count), oldest first, no zero counts
+# Dense counts, one per bucket, oldest first: counts[i] is the bucket starting at
+# `first + i × bucket`. Dense, not (start, count) pairs: a tenth of the JSON, and the status
+# view sums a window as one slice.
+Counts = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -154,9 +157,10 @@ class Completions:
     at: float = 0.0  # the runner's wall clock when the snapshot was taken
     since: float = 0.0  # when it began counting (its start): nothing before is known
     bucket: float = BUCKET_SECONDS
-    subtasks: Series = ()
-    images: Series = ()  # subtasks × their batch size
-    tasks: tuple[tuple[int, Series], ...] = ()  # per task (at most TASKS_KEPT), by id
+    first: float = 0.0  # start of the oldest bucket in the counts below
+    subtasks: Counts = ()
+    images: Counts = ()  # subtasks × their batch size
+    tasks: tuple[tuple[int, Counts], ...] = ()  # per task (at most TASKS_KEPT), by id
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object stored in the heartbeat, under the pool's "completions" key."""
@@ -164,9 +168,10 @@ class Completions:
             "at": self.at,
             "since": self.since,
             "bucket": self.bucket,
-            "subtasks": [list(entry) for entry in self.subtasks],
-            "images": [list(entry) for entry in self.images],
-            "tasks": {str(task): [list(e) for e in series] for task, series in self.tasks},
+            "first": self.first,
+            "subtasks": list(self.subtasks),
+            "images": list(self.images),
+            "tasks": {str(task): list(counts) for task, counts in self.tasks},
         }
 
     @classmethod
@@ -175,23 +180,28 @@ class Completions:
         if not isinstance(value, Mapping):
             return None
         at, since = _number(value.get("at")), _number(value.get("since"))
-        bucket = _number(value.get("bucket"))
-        if at is None or since is None or bucket is None or bucket <= 0:
+        bucket, first = _number(value.get("bucket")), _number(value.get("first"))
+        if at is None or since is None or bucket is None or bucket <= 0 or first is None:
             return None
+        # A longer list than any runner writes is cut to its newest buckets.
+        lengths = [_length(value.get("subtasks")), _length(value.get("images"))]
         tasks = value.get("tasks")
-        decoded: list[tuple[int, Series]] = []
+        decoded: list[tuple[int, list[object]]] = []
         if isinstance(tasks, Mapping):
-            for key, series in itertools.islice(tasks.items(), MAX_TASKS_DECODED):
+            for key, counts in itertools.islice(tasks.items(), MAX_TASKS_DECODED):
                 task_id = _integer_text(key)
-                if task_id is not None:
-                    decoded.append((task_id, _series(series)))
+                if task_id is not None and isinstance(counts, list):
+                    decoded.append((task_id, counts))
+                    lengths.append(len(counts))
+        skip = max(0, max(lengths) - (BUCKETS_KEPT + 1))
         return cls(
             at=at,
             since=since,
             bucket=bucket,
-            subtasks=_series(value.get("subtasks")),
-            images=_series(value.get("images")),
-            tasks=tuple(sorted(decoded)),
+            first=first + skip * bucket,
+            subtasks=_counts(value.get("subtasks"), skip),
+            images=_counts(value.get("images"), skip),
+            tasks=tuple(sorted((task, _counts(counts, skip)) for task, counts in decoded)),
         )
 
 
@@ -201,25 +211,24 @@ def decode_completions(value: object) -> dict[str, Completions]:
         return {}
     found = {}
     for name, snap in value.items():
-        completions = (
-            Completions.from_json(snap.get("completions")) if isinstance(snap, Mapping) else None
-        )
-        if completions is not None:
-            found[str(name)] = completions
+        if isinstance(snap, Mapping):
+            completions = Completions.from_json(snap.get("completions"))
+            if completions is not None:
+                found[str(name)] = completions
     return found
 
 
-def _series(value: object) -> Series:
-    # At most BUCKETS_KEPT entries are ever written; more means a row we did not write.
+def _length(value: object) -> int:
+    return len(value) if isinstance(value, list) else 0
+
+
+def _counts(value: object, skip: int) -> Counts:
+    # Counts are plain non-negative ints; anything else counts as an empty bucket, so the
+    # positions (the buckets' times) never shift. At most BUCKETS_KEPT + 1 are read.
     if not isinstance(value, list):
         return ()
-    entries = []
-    for entry in value[: BUCKETS_KEPT + 1]:
-        if isinstance(entry, list) and len(entry) == 2:
-            start, count = _number(entry[0]), _integer(entry[1])
-            if start is not None and count is not None and count > 0:
-                entries.append((start, count))
-    return tuple(sorted(entries))
+    kept = value[skip : skip + BUCKETS_KEPT + 1]
+    return tuple(n if type(n) is int and n > 0 else 0 for n in kept)
 
 
 def _integer_text(value: object) -> int | None:

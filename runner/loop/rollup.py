@@ -8,9 +8,10 @@ status view sums those small series over the runners instead of scanning subtask
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from db.snapshots import BUCKET_SECONDS, BUCKETS_KEPT, TASKS_KEPT, Completions, Series
+from db.snapshots import BUCKET_SECONDS, BUCKETS_KEPT, TASKS_KEPT, Completions, Counts
 
 
 @dataclass
@@ -55,19 +56,31 @@ class CompletionRollup:
         while self._buckets and self._buckets[0].start < oldest:
             self._buckets.popleft()
         buckets = list(self._buckets)
+        first = buckets[0].start if buckets else at - at % self.bucket
+        # Buckets no completion touched were never made: place each by its start.
+        slots = [round((b.start - first) / self.bucket) for b in buckets]
+        size = slots[-1] + 1 if slots else 0
         totals: Counter[int] = Counter()
         for b in buckets:
             totals.update(b.tasks)
         top = sorted(totals, key=lambda task: (-totals[task], task))[: self.tasks_kept]
+
+        def dense(value: Callable[[_Bucket], int]) -> Counts:
+            counts = [0] * size
+            for slot, b in zip(slots, buckets, strict=True):
+                counts[slot] = value(b)
+            return tuple(counts)
+
         return Completions(
             at=at,
             since=self.since,
             bucket=self.bucket,
-            subtasks=tuple((b.start, b.subtasks) for b in buckets if b.subtasks),
-            images=tuple((b.start, b.images) for b in buckets if b.images),
-            tasks=tuple((task, _task_series(buckets, task)) for task in sorted(top)),
+            first=first,
+            subtasks=dense(lambda b: b.subtasks),
+            images=dense(lambda b: b.images),
+            tasks=tuple((task, dense(_task_count(task))) for task in sorted(top)),
         )
 
 
-def _task_series(buckets: list[_Bucket], task: int) -> Series:
-    return tuple((b.start, b.tasks[task]) for b in buckets if b.tasks.get(task))
+def _task_count(task: int) -> Callable[[_Bucket], int]:
+    return lambda b: b.tasks.get(task, 0)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from db.snapshots import Completions, Series
+from db.snapshots import Completions, Counts
 
 # A rate measured over less than this is mostly noise (one completion 1 s in = 60/min).
 MIN_RATE_SPAN = 10.0  # seconds
@@ -46,16 +46,20 @@ def window_start(end: float, window: float, bucket: float) -> float:
     return math.ceil((end - window) / bucket) * bucket
 
 
-def count(series: Series, start: float, end: float) -> int:
-    """Completions in the buckets that begin within [start, end]."""
-    return sum(n for at, n in series if start <= at <= end)
+def count(c: Completions, counts: Counts, start: float, end: float) -> int:
+    """Completions in the buckets of `c` that begin within [start, end]."""
+    # Bucket i begins at c.first + i × c.bucket; the epsilon absorbs float noise in the
+    # division, never a whole bucket.
+    lo = max(0, math.ceil((start - c.first) / c.bucket - 1e-9))
+    hi = math.floor((end - c.first) / c.bucket + 1e-9)
+    return sum(counts[lo : hi + 1]) if hi >= lo else 0
 
 
-def per_min(source: Source, series: Series, window: float, began: datetime | None) -> float:
-    """`series` per minute over `window`, no longer than the source counted or the work ran."""
+def per_min(source: Source, counts: Counts, window: float, began: datetime | None) -> float:
+    """`counts` per minute over `window`, no longer than the source counted or the work ran."""
     c = source.completions
     start = window_start(source.end, window, c.bucket)
-    n = count(series, start, source.end)
+    n = count(c, counts, start, source.end)
     if not n:
         return 0.0
     begin = max(start, c.since)
@@ -70,17 +74,26 @@ class Rates:
     def __init__(self, sources: Iterable[Source], task_starts: Mapping[int, datetime]) -> None:
         self.sources = tuple(sources)
         self.task_starts = task_starts
+        # Asked once per pool and window: remembered, the read stays O(runners × tasks).
+        self._began: dict[tuple[int, float], datetime | None] = {}
+        self._by_task: dict[int, list[tuple[Source, Counts]]] = {}
+        for source in self.sources:
+            for task, counts in source.completions.tasks:
+                self._by_task.setdefault(task, []).append((source, counts))
 
-    def _work_began(self, source: Source, window: float) -> datetime | None:
-        """When the earliest task this source completed in `window` started (if known)."""
-        c = source.completions
-        start = window_start(source.end, window, c.bucket)
-        starts = [
-            self.task_starts[task]
-            for task, series in c.tasks
-            if task in self.task_starts and count(series, start, source.end)
-        ]
-        return min(starts, default=None)
+    def _work_began(self, index: int, window: float) -> datetime | None:
+        """When the earliest task source `index` completed in `window` started (if known)."""
+        if (index, window) not in self._began:
+            source = self.sources[index]
+            c = source.completions
+            start = window_start(source.end, window, c.bucket)
+            starts = [
+                self.task_starts[task]
+                for task, counts in c.tasks
+                if task in self.task_starts and count(c, counts, start, source.end)
+            ]
+            self._began[index, window] = min(starts, default=None)
+        return self._began[index, window]
 
     def total(self, window: float, *, images: bool, pool: str | None = None) -> float:
         """Subtasks (or images) per minute over `window`, of one pool or all."""
@@ -89,9 +102,9 @@ class Rates:
                 s,
                 s.completions.images if images else s.completions.subtasks,
                 window,
-                self._work_began(s, window),
+                self._work_began(i, window),
             )
-            for s in self.sources
+            for i, s in enumerate(self.sources)
             if pool is None or s.pool == pool
         )
 
@@ -99,8 +112,5 @@ class Rates:
         """Subtasks per minute of one task over `window`."""
         began = self.task_starts.get(task_id)
         return math.fsum(
-            per_min(s, series, window, began)
-            for s in self.sources
-            for task, series in s.completions.tasks
-            if task == task_id
+            per_min(s, counts, window, began) for s, counts in self._by_task.get(task_id, ())
         )

@@ -86,7 +86,7 @@ async def test_both_pools_complete_and_tasks_roll_up(
         pool.pop("completions")
     assert executors == [{"id": executor.executor_id, "state": "stopped"}]
     assert stored == now
-    counted = {name: sum(n for _, n in r["subtasks"]) for name, r in rollups.items()}
+    counted = {name: sum(r["subtasks"]) for name, r in rollups.items()}
     assert counted == {"standard": 30, "lumina": 5}
 
 

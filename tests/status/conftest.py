@@ -182,19 +182,25 @@ async def seed(engine: AsyncEngine) -> Seeded:
         }
         # alpha 30/90/200/400 s and lumina 10/100 s before now, in the 10 s buckets of the
         # runner's clock (now = RUNNER_AT + 2 there): 9_970, 9_910, 9_800, 9_600 and 9_990, 9_900.
+        # Dense from the oldest kept bucket, 9_710: 9_800 is slot 9, 9_910 slot 20, 9_970
+        # slot 26; alpha's 400 s completion (9_600) is older than any runner keeps.
+        alpha = tuple(1 if slot in (9, 20, 26) else 0 for slot in range(27))
         live_pools["standard"]["completions"] = Completions(
             at=RUNNER_AT,
             since=RUNNER_AT - 900,
-            subtasks=((9_600.0, 1), (9_800.0, 1), (9_910.0, 1), (9_970.0, 1)),
-            images=((9_600.0, 2), (9_800.0, 2), (9_910.0, 2), (9_970.0, 2)),
-            tasks=((ids["alpha"], ((9_600.0, 1), (9_800.0, 1), (9_910.0, 1), (9_970.0, 1))),),
+            first=9_710.0,
+            subtasks=alpha,
+            images=tuple(2 * n for n in alpha),
+            tasks=((ids["alpha"], alpha),),
         ).to_json()
+        lumina = (1,) + (0,) * 8 + (1,)  # 9_900 and 9_990
         live_pools["lumina"]["completions"] = Completions(
             at=RUNNER_AT,
             since=RUNNER_AT - 900,
-            subtasks=((9_900.0, 1), (9_990.0, 1)),
-            images=((9_900.0, 1), (9_990.0, 1)),
-            tasks=((ids["lumina"], ((9_900.0, 1), (9_990.0, 1))),),
+            first=9_900.0,
+            subtasks=lumina,
+            images=lumina,
+            tasks=((ids["lumina"], lumina),),
         ).to_json()
         two_pools = {
             "standard": pool_snapshot(10, 50, 1, 8, "queue-depth", ()),

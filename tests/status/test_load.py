@@ -177,7 +177,8 @@ async def test_a_damaged_rollup_never_breaks_the_read(engine: AsyncEngine, seede
                 "at": 1,
                 "since": 0,
                 "bucket": 10,
-                "subtasks": [[0, "x"], None, [1, 2, 3]],
+                "first": 0,
+                "subtasks": [[0, "x"], None, True, -5, 1.5, 10**30],
                 "tasks": {str(2**63): [[0, 1]], "12345678901234567890123": [], "x": 1},
             }
         },

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from db.snapshots import Completions, LimitChange, PoolSnapshot, Series, encode_pools
+from db.snapshots import Completions, LimitChange, PoolSnapshot, encode_pools
 from db.status_queries import StatusRows
 from runner.view.projection import (
     SPARKLINE_POINTS,
@@ -61,20 +61,32 @@ def rollup_row(
     return row
 
 
-def rollup(*tasks: tuple[int, int, Series], at: float = AT, since: float = 0.0) -> Completions:
-    """A rollup from (task id, batch size, series) entries, summed per bucket like a runner."""
-    subtasks: dict[float, int] = {}
-    images: dict[float, int] = {}
-    for _, batch, series in tasks:
-        for start, n in series:
-            subtasks[start] = subtasks.get(start, 0) + n
-            images[start] = images.get(start, 0) + n * batch
+Pairs = tuple[tuple[float, int], ...]  # (bucket start, count): easier to read than dense
+
+
+def rollup(*tasks: tuple[int, int, Pairs], at: float = AT, since: float = 0.0) -> Completions:
+    """A rollup from (task id, batch size, pairs) entries, in dense buckets like a runner's."""
+    starts = sorted({start for _, _, pairs in tasks for start, _ in pairs})
+    first = starts[0] if starts else at - at % 10
+    size = int((starts[-1] - first) // 10) + 1 if starts else 0
+
+    def dense(pairs: Pairs, weight: int = 1) -> list[int]:
+        counts = [0] * size
+        for start, n in pairs:
+            counts[int((start - first) // 10)] += n * weight
+        return counts
+
+    def summed(weighted: bool) -> tuple[int, ...]:
+        rows = [dense(pairs, batch if weighted else 1) for _, batch, pairs in tasks]
+        return tuple(map(sum, zip(*rows, strict=True))) if rows else ()
+
     return Completions(
         at=at,
         since=since,
-        subtasks=tuple(sorted(subtasks.items())),
-        images=tuple(sorted(images.items())),
-        tasks=tuple((task, series) for task, _, series in tasks),
+        first=first,
+        subtasks=summed(False),
+        images=summed(True),
+        tasks=tuple((task, tuple(dense(pairs))) for task, _, pairs in tasks),
     )
 
 

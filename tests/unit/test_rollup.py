@@ -26,10 +26,10 @@ def test_completions_land_in_ten_second_buckets_of_the_wall_clock() -> None:
     for at, task, images in ((1_000.0, 1, 2), (1_009.9, 1, 2), (1_010.0, 2, 1), (1_031.5, 1, 2)):
         rollup.add(task, images, at)
     c = rollup.snapshot(1_032.0)
-    assert (c.at, c.since, c.bucket) == (1_032.0, 1_000.0, 10.0)
-    assert c.subtasks == ((1_000.0, 2), (1_010.0, 1), (1_030.0, 1))  # no empty 1_020 bucket
-    assert c.images == ((1_000.0, 4), (1_010.0, 1), (1_030.0, 2))
-    assert c.tasks == ((1, ((1_000.0, 2), (1_030.0, 1))), (2, ((1_010.0, 1),)))
+    assert (c.at, c.since, c.bucket, c.first) == (1_032.0, 1_000.0, 10.0, 1_000.0)
+    assert c.subtasks == (2, 1, 0, 1)  # 1_020 had none
+    assert c.images == (4, 1, 0, 2)
+    assert c.tasks == ((1, (2, 0, 0, 1)), (2, (0, 1, 0, 0)))
 
 
 def test_buckets_older_than_the_kept_span_are_dropped() -> None:
@@ -38,7 +38,7 @@ def test_buckets_older_than_the_kept_span_are_dropped() -> None:
     rollup.add(1, 1, 1_000.0)
     rollup.add(1, 1, 1_010.0)
     c = rollup.snapshot(1_310.0)
-    assert c.subtasks == ((1_010.0, 1),)
+    assert (c.first, c.subtasks) == (1_010.0, (1,))
     assert rollup.snapshot(2_000.0).subtasks == ()
 
 
@@ -52,7 +52,8 @@ def test_a_wall_clock_stepped_back_counts_in_the_newest_bucket() -> None:
     rollup = CompletionRollup(since=0.0)
     rollup.add(1, 1, 1_050.0)
     rollup.add(1, 1, 1_020.0)
-    assert rollup.snapshot(1_055.0).subtasks == ((1_050.0, 2),)
+    c = rollup.snapshot(1_055.0)
+    assert (c.first, c.subtasks) == (1_050.0, (2,))
 
 
 def test_only_the_busiest_tasks_are_kept_but_totals_stay_exact() -> None:
@@ -63,7 +64,7 @@ def test_only_the_busiest_tasks_are_kept_but_totals_stay_exact() -> None:
             rollup.add(task, 1, 1_000.0)
     c = rollup.snapshot(1_001.0)
     assert [task for task, _ in c.tasks] == [3, 4, 5]
-    assert c.subtasks == ((1_000.0, 15),)
+    assert c.subtasks == (15,)
 
 
 def test_pool_snapshot_carries_the_rollup_and_counts_batch_size() -> None:
@@ -81,11 +82,7 @@ def test_pool_snapshot_carries_the_rollup_and_counts_batch_size() -> None:
     pool.record_completion(row, 5_000.0)
     stored = json.loads(json.dumps(pool.snapshot(now=0.0, wall=5_001.0)))
     c = decode_completions({"standard": stored})["standard"]
-    assert (c.subtasks, c.images, c.tasks) == (
-        ((5_000.0, 1),),
-        ((5_000.0, 3),),
-        ((42, ((5_000.0, 1),)),),
-    )
+    assert (c.first, c.subtasks, c.images, c.tasks) == (5_000.0, (1,), (3,), ((42, (1,)),))
 
 
 def test_round_trip_through_json_text_is_exact() -> None:
@@ -93,9 +90,10 @@ def test_round_trip_through_json_text_is_exact() -> None:
     c = Completions(
         at=1_234.5,
         since=1_000.0,
-        subtasks=((1_200.0, 3), (1_230.0, 1)),
-        images=((1_200.0, 6), (1_230.0, 2)),
-        tasks=((9, ((1_200.0, 3),)), (10, ((1_230.0, 1),))),
+        first=1_200.0,
+        subtasks=(3, 0, 0, 1),
+        images=(6, 0, 0, 2),
+        tasks=((9, (3,)), (10, (0, 0, 0, 1))),
     )
     stored = json.loads(json.dumps({"standard": {"limit": 1, "completions": c.to_json()}}))
     assert decode_completions(stored) == {"standard": c}
@@ -117,27 +115,32 @@ def test_a_rollup_without_a_clock_or_bucket_width_is_ignored(value: Any) -> None
     assert decode_completions({"standard": {"limit": 1, "completions": value}}) == {}
 
 
-def test_bad_entries_are_dropped_and_the_decode_is_bounded() -> None:
-    """Zero, negative, boolean and malformed entries go; at most MAX_TASKS_DECODED tasks."""
+def test_bad_counts_are_empty_buckets_and_the_decode_is_bounded() -> None:
+    """A bad count is 0 (positions keep their times); over-long lists keep their newest end."""
     value = {
         "at": 100,
         "since": 0,
         "bucket": 10,
-        "subtasks": [[90, 2], [80, 0], [70, -1], [60, True], ["x", 1], [50], "no", [40, 1.5]],
-        "images": [[90, 2]] * 10_000,
-        "tasks": {str(i): [[90, 1]] for i in range(MAX_TASKS_DECODED + 50)} | {"-1": [], "a": []},
+        "first": 0,
+        "subtasks": [2, 0, -1, True, "x", None, 1.5, [3], 4],
+        "images": [1] * 10_000,
+        "tasks": {str(i): [1] for i in range(MAX_TASKS_DECODED + 50)} | {"-1": [], "a": []},
     }
     c = Completions.from_json(value)
     assert c is not None
-    assert c.subtasks == ((90.0, 2),)
-    assert len(c.images) == BUCKETS_KEPT + 1
+    # 10,000 images buckets: the newest BUCKETS_KEPT + 1 stay, and `first` moves with them.
+    assert c.first == (10_000 - (BUCKETS_KEPT + 1)) * 10
+    assert c.images == (1,) * (BUCKETS_KEPT + 1)
+    assert c.subtasks == ()  # all of them were older than the newest kept buckets
     assert len(c.tasks) == MAX_TASKS_DECODED
+    short = Completions.from_json({**value, "images": [], "tasks": {}})
+    assert short is not None and short.subtasks == (2, 0, 0, 0, 0, 0, 0, 0, 4)
 
 
 def test_task_ids_beyond_bigint_or_not_plain_digits_are_dropped() -> None:
     """A key the tasks table could never hold would break the lookup of task starts."""
     keys = [str(2**63 - 1), str(2**63), "１２", "0012", "1e3", " 7"]
-    value = {"at": 1, "since": 0, "bucket": 10, "tasks": {k: [[0, 1]] for k in keys}}
+    value = {"at": 1, "since": 0, "bucket": 10, "first": 0, "tasks": {k: [1] for k in keys}}
     c = Completions.from_json(value)
     assert c is not None
     assert [task for task, _ in c.tasks] == [12, 2**63 - 1]
