@@ -54,6 +54,7 @@ async def queue_synthetic(
     pool: str = "standard",
     provider: str = "sim",
     max_retries: int = 3,
+    priority: int = 1,
 ) -> int:
     """A migrated database with one task of `n` plain subtasks; returns the task id."""
     from db.engine import open_engine
@@ -64,7 +65,7 @@ async def queue_synthetic(
         user_id="bench",
         pool=pool,
         provider=provider,
-        priority=1,
+        priority=priority,
         prompts=[f"{name} {{i}}"],
         variables={},
         ratio="1:1",

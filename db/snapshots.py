@@ -12,6 +12,7 @@ dropped (it says nothing a sparkline could use). Booleans are never taken as num
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,3 +130,111 @@ def _number(value: object) -> float | None:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+# --- completions: the throughput rollup ---------------------------------------------------
+# Each pool's snapshot also carries what the runner completed recently, in buckets of its own
+# wall clock, so the status view sums O(runners) small series instead of scanning subtasks.
+
+BUCKET_SECONDS = 10.0  # width of one completion bucket
+# Buckets a runner keeps: the 5-minute window plus the bucket its start falls in.
+BUCKETS_KEPT = 31
+TASKS_KEPT = 50  # per pool and runner: the tasks with the most completions in the window
+MAX_TASKS_DECODED = 200  # bounds what a hostile or future row can make the status view read
+
+BIGINT_MAX = 2**63 - 1
+
+# Dense counts, one per bucket, oldest first: counts[i] is the bucket starting at
+# `first + i × bucket`. Dense, not (start, count) pairs: a tenth of the JSON, and the status
+# view sums a window as one slice.
+Counts = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Completions:
+    """One runner's recent completions in one pool, in buckets of the runner's wall clock."""
+
+    at: float = 0.0  # the runner's wall clock when the snapshot was taken
+    since: float = 0.0  # when it began counting (its start): nothing before is known
+    bucket: float = BUCKET_SECONDS
+    first: float = 0.0  # start of the oldest bucket in the counts below
+    subtasks: Counts = ()
+    images: Counts = ()  # subtasks × their batch size
+    tasks: tuple[tuple[int, Counts], ...] = ()  # per task (at most TASKS_KEPT), by id
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object stored in the heartbeat, under the pool's "completions" key."""
+        return {
+            "at": self.at,
+            "since": self.since,
+            "bucket": self.bucket,
+            "first": self.first,
+            "subtasks": list(self.subtasks),
+            "images": list(self.images),
+            "tasks": {str(task): list(counts) for task, counts in self.tasks},
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> Completions | None:
+        """Decode one stored rollup; None without a usable clock or bucket width."""
+        if not isinstance(value, Mapping):
+            return None
+        at, since = _number(value.get("at")), _number(value.get("since"))
+        bucket, first = _number(value.get("bucket")), _number(value.get("first"))
+        if at is None or since is None or bucket is None or bucket <= 0 or first is None:
+            return None
+        # A longer list than any runner writes is cut to its newest buckets.
+        lengths = [_length(value.get("subtasks")), _length(value.get("images"))]
+        tasks = value.get("tasks")
+        decoded: list[tuple[int, list[object]]] = []
+        if isinstance(tasks, Mapping):
+            for key, counts in itertools.islice(tasks.items(), MAX_TASKS_DECODED):
+                task_id = _integer_text(key)
+                if task_id is not None and isinstance(counts, list):
+                    decoded.append((task_id, counts))
+                    lengths.append(len(counts))
+        skip = max(0, max(lengths) - (BUCKETS_KEPT + 1))
+        return cls(
+            at=at,
+            since=since,
+            bucket=bucket,
+            first=first + skip * bucket,
+            subtasks=_counts(value.get("subtasks"), skip),
+            images=_counts(value.get("images"), skip),
+            tasks=tuple(sorted((task, _counts(counts, skip)) for task, counts in decoded)),
+        )
+
+
+def decode_completions(value: object) -> dict[str, Completions]:
+    """Each pool's rollup from a stored `executors.pools` value (pools without one left out)."""
+    if not isinstance(value, Mapping):
+        return {}
+    found = {}
+    for name, snap in value.items():
+        if isinstance(snap, Mapping):
+            completions = Completions.from_json(snap.get("completions"))
+            if completions is not None:
+                found[str(name)] = completions
+    return found
+
+
+def _length(value: object) -> int:
+    return len(value) if isinstance(value, list) else 0
+
+
+def _counts(value: object, skip: int) -> Counts:
+    # Counts are plain non-negative ints; anything else counts as an empty bucket, so the
+    # positions (the buckets' times) never shift. At most BUCKETS_KEPT + 1 are read.
+    if not isinstance(value, list):
+        return ()
+    kept = value[skip : skip + BUCKETS_KEPT + 1]
+    return tuple(n if type(n) is int and n > 0 else 0 for n in kept)
+
+
+def _integer_text(value: object) -> int | None:
+    # JSON object keys are strings: a task id comes back as "12". Beyond bigint it is no
+    # task id, and would break the status read's lookup of task starts.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        return number if number <= BIGINT_MAX else None
+    return None

@@ -1,21 +1,25 @@
 """The status view's reads: named, cheap queries in one consistent snapshot, rows out.
 
-Every query here is sized by what is *active* (active tasks, live executors, the last few
-minutes of completions), never by the whole subtasks table: task counters give progress and
-the queue depth, the partial index ``ix_subtasks_completed_at`` gives the throughput window,
-and the partial lease index gives what is in flight. Turning the rows into rates, ETAs and
-sparklines is pure work and lives on the runner side (runner/view/projection.py).
+Every query here is sized by what is *active* (active tasks, live executors), never by the
+whole subtasks table nor by the completion rate: task counters give progress and the queue
+depth, the partial lease index gives what is in flight, and throughput comes from the
+completion rollups the runners write into their executors rows each heartbeat (so reading it
+costs O(runners); the old ``ix_subtasks_completed_at`` range scan grew with completions/s —
+the index is still in the schema but nothing here uses it). Turning the rows into rates, ETAs
+and sparklines is pure work and lives on the runner side (runner/view/projection.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from db.snapshots import decode_completions
 
 RATE_WINDOWS = (60.0, 300.0)  # seconds: the 1- and 5-minute throughput windows
 STOPPED_SHOWN_FOR = 600.0  # seconds a cleanly stopped executor stays in the list
@@ -30,7 +34,7 @@ class StatusRows:
     now: datetime
     queue: tuple[Row, ...]  # per pool: active tasks, remaining subtasks and images
     processing: tuple[Row, ...]  # per pool × task still active: subtasks in flight
-    window: tuple[Row, ...]  # per task: completions in the short (n_short) and long window
+    task_starts: tuple[Row, ...]  # id, started_at of each task the runners' rollups name
     active: tuple[Row, ...]  # active tasks, by priority desc then id
     recent: tuple[Row, ...]  # finished tasks, newest first
     errors: tuple[Row, ...]  # aggregated error_logs rows, most frequent first
@@ -60,17 +64,10 @@ QUERIES: dict[str, str] = {
         WHERE s.status = 'processing'
         GROUP BY 1, 2
     """,
-    # Completions in the 5-minute window, per task: a range scan of the partial index.
-    "window": """
-        SELECT w.task_id, t.pool, t.batch_size, t.started_at, w.n_short, w.n_long
-        FROM (
-            SELECT task_id,
-                   count(*) FILTER (WHERE completed_at > :short_since) AS n_short,
-                   count(*) AS n_long
-            FROM subtasks
-            WHERE status = 'completed' AND completed_at > :long_since AND completed_at <= :now
-            GROUP BY task_id
-        ) w JOIN tasks t ON t.id = w.task_id
+    # When each task named in the runners' completion rollups started (the rate's span):
+    # at most TASKS_KEPT per pool and runner, by primary key.
+    "task_starts": """
+        SELECT id, started_at FROM tasks WHERE id = ANY(CAST(:ids AS bigint[]))
     """,
     "active_tasks": """
         SELECT id, name, pool, provider, priority, status, total_subtasks, completed_subtasks,
@@ -146,25 +143,28 @@ async def _read(
     recent_limit: int,
     error_limit: int,
 ) -> StatusRows:
-    short, long = RATE_WINDOWS
+    executors = await _rows(
+        connection, "executors", now=now, stopped_since=now - timedelta(seconds=STOPPED_SHOWN_FOR)
+    )
     return StatusRows(
         now=now,
         queue=await _rows(connection, "queue"),
         processing=await _rows(connection, "processing"),
-        window=await _rows(
-            connection,
-            "window",
-            now=now,
-            short_since=now - timedelta(seconds=short),
-            long_since=now - timedelta(seconds=long),
-        ),
+        task_starts=await _rows(connection, "task_starts", ids=rollup_task_ids(executors)),
         active=await _rows(connection, "active_tasks", tasks=task_limit),
         recent=await _rows(connection, "recent_tasks", recent=recent_limit),
         errors=await _rows(connection, "errors", errors=error_limit),
-        executors=await _rows(
-            connection,
-            "executors",
-            now=now,
-            stopped_since=now - timedelta(seconds=STOPPED_SHOWN_FOR),
-        ),
+        executors=executors,
+    )
+
+
+def rollup_task_ids(executors: Iterable[Row]) -> list[int]:
+    """Every task the executors' completion rollups name, ascending."""
+    return sorted(
+        {
+            task
+            for row in executors
+            for completions in decode_completions(row["pools"]).values()
+            for task, _ in completions.tasks
+        }
     )

@@ -395,6 +395,7 @@ class Executor:
         pool.window.latencies.append(elapsed)
         self.observe(row.provider, pool.name, None, ratelimit=result.ratelimit)
         self.fleet.on_success(row.provider, elapsed, result.ratelimit)
+        pool.record_completion(row, time.time())
         self.metrics.completions.labels(pool.name, row.provider).inc()
         self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
         outcome = Outcome(

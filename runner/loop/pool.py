@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from db.records import ClaimedSubtask
 from db.snapshots import LimitChange, PoolSnapshot
 from runner.config import PoolConfig
+from runner.loop.rollup import CompletionRollup
 from runner.policy.scaling import Decision, PoolSignals, ScalingPolicy, make_policy
 
 HISTORY = 20  # scaling decisions kept for the status view
@@ -73,6 +76,8 @@ class Pool:
         self.pending = 0
         self.window = Window()
         self.history: deque[LimitChange] = deque(maxlen=HISTORY)
+        # Wall clock, not `now` (monotonic): the status view lines runners' buckets up by it.
+        self.completions = CompletionRollup(since=time.time())
 
     @property
     def running(self) -> int:
@@ -109,6 +114,15 @@ class Pool:
             history=tuple(self.history),
         )
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """`state(now)` encoded for the heartbeat's jsonb (the executor stores this)."""
-        return self.state(now).to_json()
+    def snapshot(self, now: float, wall: float | None = None) -> dict[str, Any]:
+        """`state(now)` and the completions rollup, encoded for the heartbeat's jsonb."""
+        data = self.state(now).to_json()
+        rollup = self.completions.snapshot(time.time() if wall is None else wall)
+        data["completions"] = rollup.to_json()
+        return data
+
+    def record_completion(self, row: ClaimedSubtask, wall: float) -> None:
+        """Count a completed subtask in the throughput rollup (at wall-clock time `wall`)."""
+        batch = row.params.get("batch_size", 1)
+        images = batch if isinstance(batch, int) and batch > 0 else 1
+        self.completions.add(row.task_id, images, wall)

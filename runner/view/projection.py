@@ -6,12 +6,12 @@ same view, and every rate, ETA and sparkline here is unit-tested without a datab
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from db.models import POOLS
-from db.snapshots import LimitChange, PoolSnapshot, decode_pools
+from db.snapshots import LimitChange, PoolSnapshot, decode_completions, decode_pools
 from db.status_queries import RATE_WINDOWS, Row, StatusRows
 from runner.view.model import (
     ErrorSummary,
@@ -22,11 +22,10 @@ from runner.view.model import (
     TaskProgress,
     Throughput,
 )
+from runner.view.rates import Rates, Source
 
 # A runner heartbeats every 5 s by default; three missed beats make it stale.
 STALE_AFTER = 15.0  # seconds
-# A rate measured over less than this is mostly noise (one completion 1 s in = 60/min).
-MIN_RATE_SPAN = 10.0  # seconds
 SPARKLINE_POINTS = 30
 SPARKLINE_SPAN = 600.0  # seconds of limit history in the sparkline
 DECISIONS_KEPT = 10  # newest scaling decisions per pool
@@ -39,21 +38,56 @@ def project(rows: StatusRows, *, stale_after: float = STALE_AFTER) -> StatusSnap
     now = rows.now
     executors = tuple(executor(row, stale_after) for row in rows.executors)
     live = [e for e in executors if e.state == "running" and not e.stale]
-    rates = Rates(rows.window, now)
+    starts = {int(r["id"]): r["started_at"] for r in rows.task_starts if r["started_at"]}
+    rates = Rates(sources(rows.executors, executors), starts)
+    long = RATE_WINDOWS[1]
     return StatusSnapshot(
         at=now,
         stale_after=stale_after,
         pools=tuple(
-            pool(name, live, rows.queue, rows.processing, rates.pool_images_per_min(name), now)
+            pool(
+                name,
+                live,
+                rows.queue,
+                rows.processing,
+                _r(rates.total(long, images=True, pool=name)),
+                now,
+            )
             for name in POOLS
         ),
-        throughput=rates.throughput(sum(int(r["remaining_images"] or 0) for r in rows.queue)),
+        throughput=throughput(rates, sum(int(r["remaining_images"] or 0) for r in rows.queue)),
         active_tasks=sum(int(r["tasks"]) for r in rows.queue),
         tasks=tuple(task(row, rates) for row in rows.active),
         recent=tuple(task(row, rates) for row in rows.recent),
         errors=tuple(error(row) for row in rows.errors),
         executors=executors,
     )
+
+
+def sources(rows: Sequence[Row], executors: Sequence[ExecutorStatus]) -> Iterator[Source]:
+    """Every shown runner's completion rollups, placed on their own clocks."""
+    for row, e in zip(rows, executors, strict=True):
+        live = e.state == "running" and not e.stale
+        for name, completions in decode_completions(row["pools"]).items():
+            yield Source.of(name, completions, e.heartbeat_at, float(row["age"]), live)
+
+
+def throughput(rates: Rates, remaining_images: int) -> Throughput:
+    """The whole cluster's rates and the queue's ETA (from the 5-minute rate)."""
+    short, long = RATE_WINDOWS
+    images_long = rates.total(long, images=True)
+    return Throughput(
+        images_per_min_1m=_r(rates.total(short, images=True)),
+        images_per_min_5m=_r(images_long),
+        subtasks_per_min_1m=_r(rates.total(short, images=False)),
+        subtasks_per_min_5m=_r(rates.total(long, images=False)),
+        remaining_images=remaining_images,
+        eta_seconds=eta(remaining_images, images_long),
+    )
+
+
+def _r(rate: float) -> float:
+    return round(rate, 1)
 
 
 def executor(row: Row, stale_after: float) -> ExecutorStatus:
@@ -87,53 +121,6 @@ def error(row: Row) -> ErrorSummary:
     )
 
 
-class Rates:
-    """Completions in the rate windows, per task, turned into per-minute rates."""
-
-    def __init__(self, window: Iterable[Row], now: datetime) -> None:
-        self.now = now
-        self.rows = {int(r["task_id"]): r for r in window}
-
-    def _span(self, window: float, rows: Sequence[Row]) -> float:
-        # A task (or the whole run) that began 40 s ago has had 40 s, not 5 min, to
-        # complete things: dividing by the full window would understate its rate 7×.
-        firsts: list[datetime] = [r["started_at"] for r in rows if r["started_at"] is not None]
-        if not firsts:
-            return window
-        elapsed = (self.now - min(firsts)).total_seconds()
-        return max(MIN_RATE_SPAN, min(window, elapsed))
-
-    def per_min(self, rows: Sequence[Row], window: float, *, images: bool) -> float:
-        """Subtasks (or images: × batch size) per minute over `window` seconds."""
-        key = "n_short" if window == RATE_WINDOWS[0] else "n_long"
-        count = sum(int(r[key]) * (int(r["batch_size"]) if images else 1) for r in rows)
-        return count * 60.0 / self._span(window, rows) if count else 0.0
-
-    def pool_images_per_min(self, pool: str) -> float:
-        """Images per minute in `pool` over the long window."""
-        rows = [r for r in self.rows.values() if r["pool"] == pool]
-        return round(self.per_min(rows, RATE_WINDOWS[1], images=True), 1)
-
-    def task_per_min(self, task_id: int) -> float:
-        """Subtasks per minute of one task over the long window."""
-        row = self.rows.get(task_id)
-        return 0.0 if row is None else self.per_min([row], RATE_WINDOWS[1], images=False)
-
-    def throughput(self, remaining_images: int) -> Throughput:
-        """The whole cluster's rates and the queue's ETA (from the 5-minute rate)."""
-        rows = list(self.rows.values())
-        short, long = RATE_WINDOWS
-        images_long = self.per_min(rows, long, images=True)
-        return Throughput(
-            images_per_min_1m=round(self.per_min(rows, short, images=True), 1),
-            images_per_min_5m=round(images_long, 1),
-            subtasks_per_min_1m=round(self.per_min(rows, short, images=False), 1),
-            subtasks_per_min_5m=round(self.per_min(rows, long, images=False), 1),
-            remaining_images=remaining_images,
-            eta_seconds=eta(remaining_images, images_long),
-        )
-
-
 def eta(remaining: int, per_min: float) -> float | None:
     """Seconds until `remaining` are done at `per_min`; 0 when none remain, None at rate 0."""
     if remaining <= 0:
@@ -143,7 +130,7 @@ def eta(remaining: int, per_min: float) -> float | None:
 
 def task(row: Row, rates: Rates) -> TaskProgress:
     """One tasks row with its rate, and an ETA while it is still active."""
-    rate = rates.task_per_min(int(row["id"]))
+    rate = rates.task(int(row["id"]), RATE_WINDOWS[1])
     progress = TaskProgress(
         id=int(row["id"]),
         name=row["name"],

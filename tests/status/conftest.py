@@ -12,7 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.queries import NewTask, submit_task
-from db.snapshots import LimitChange, PoolSnapshot
+from db.snapshots import Completions, LimitChange, PoolSnapshot
+
+RUNNER_AT = 10_000.0  # runner-live's wall clock at its last heartbeat (any value would do)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ async def seed(engine: AsyncEngine) -> Seeded:
     waiting standard prio 1, 5 × batch 1: all pending
     done    standard prio 1, 3 × batch 1: completed 2 h ago, finished 1 h ago
     stopped standard prio 3, 4 × batch 1: canceled 5 min ago with 1 still processing
+
+    runner-live's heartbeat (2 s ago) carries the completions rollup of alpha and lumina, on
+    its own clock: its snapshot was taken at RUNNER_AT, so "now" is RUNNER_AT + 2 there.
     """
     async with engine.connect() as connection:
         now: datetime = (await connection.execute(text("SELECT now()"))).scalar_one()
@@ -175,6 +180,28 @@ async def seed(engine: AsyncEngine) -> Seeded:
                 paused_for=3.5,
             ),
         }
+        # alpha 30/90/200/400 s and lumina 10/100 s before now, in the 10 s buckets of the
+        # runner's clock (now = RUNNER_AT + 2 there): 9_970, 9_910, 9_800, 9_600 and 9_990, 9_900.
+        # Dense from the oldest kept bucket, 9_710: 9_800 is slot 9, 9_910 slot 20, 9_970
+        # slot 26; alpha's 400 s completion (9_600) is older than any runner keeps.
+        alpha = tuple(1 if slot in (9, 20, 26) else 0 for slot in range(27))
+        live_pools["standard"]["completions"] = Completions(
+            at=RUNNER_AT,
+            since=RUNNER_AT - 900,
+            first=9_710.0,
+            subtasks=alpha,
+            images=tuple(2 * n for n in alpha),
+            tasks=((ids["alpha"], alpha),),
+        ).to_json()
+        lumina = (1,) + (0,) * 8 + (1,)  # 9_900 and 9_990
+        live_pools["lumina"]["completions"] = Completions(
+            at=RUNNER_AT,
+            since=RUNNER_AT - 900,
+            first=9_900.0,
+            subtasks=lumina,
+            images=lumina,
+            tasks=((ids["lumina"], lumina),),
+        ).to_json()
         two_pools = {
             "standard": pool_snapshot(10, 50, 1, 8, "queue-depth", ()),
             "lumina": pool_snapshot(2, 20, 0, 4, "queue-depth", ()),

@@ -194,3 +194,79 @@ async def test_watch_returns_after_a_final_frame_once_told(
             done.set()
     # Returned on its own (a 60 s refresh never came round), after drawing a final frame.
     assert file.getvalue().count("lumina posters") > frames
+
+
+async def test_json_keys_are_the_documented_ones(
+    seeded: Seeded, database_url: str, cli_env: dict[str, str]
+) -> None:
+    """The rollup changes where rates come from, not the shape: no key added or lost."""
+    result = await anyio.run_process(
+        [*IMGRUN, "status", "--json"], env=command_env(cli_env, database_url), check=False
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    data = json.loads(result.stdout)
+    assert set(data) == {
+        "at",
+        "stale_after",
+        "pools",
+        "throughput",
+        "active_tasks",
+        "tasks",
+        "recent",
+        "errors",
+        "executors",
+    }
+    assert set(data["throughput"]) == {
+        "images_per_min_1m",
+        "images_per_min_5m",
+        "subtasks_per_min_1m",
+        "subtasks_per_min_5m",
+        "remaining_images",
+        "eta_seconds",
+    }
+    assert set(data["pools"][0]) == {
+        "name",
+        "limit",
+        "max",
+        "running",
+        "pending",
+        "processing",
+        "claimable",
+        "policy",
+        "paused_for",
+        "executors",
+        "images_per_min",
+        "decisions",
+        "limit_history",
+    }
+    assert set(data["tasks"][0]) == {
+        "id",
+        "name",
+        "pool",
+        "provider",
+        "priority",
+        "status",
+        "total",
+        "completed",
+        "failed",
+        "canceled",
+        "batch_size",
+        "total_images",
+        "rate_per_min",
+        "eta_seconds",
+        "created_at",
+        "started_at",
+        "finished_at",
+    }
+    live = next(e for e in data["executors"] if e["id"] == "runner-live")
+    # The heartbeat's completion rollup is read for the rates, never echoed per executor.
+    assert set(live["pools"]["standard"]) == {
+        "limit",
+        "max",
+        "running",
+        "pending",
+        "policy",
+        "paused_for",
+        "history",
+    }
+    assert data["throughput"]["images_per_min_1m"] == 3.0  # from runner-live's rollup

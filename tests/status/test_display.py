@@ -45,9 +45,9 @@ async def test_every_element_is_shown(snapshot: StatusSnapshot) -> None:
         "rate_limited: 4 → 2 (×0.5)",
         "pending 30 > 2×limit 10, latency ok: 10 → 15",
         "3.0 img/min (1m)",
-        "1.6 img/min (5m)",
+        "2.2 img/min (5m)",  # alpha 1.2 + lumina 2 per 118 s
         "queue 19 images",
-        "ETA 11m52s",
+        "ETA 8m34s",  # 19 images at 2.217/min
         "lumina posters",
         "2/6  33%",
         "alpha portraits",

@@ -62,20 +62,22 @@ async def test_scaling_decisions_merged_newest_first_and_limit_history(
     assert lumina.limit_history == (6,) * 27 + (4,) + (6,) * 2
 
 
-async def test_throughput_and_eta_from_the_completion_window(
+async def test_throughput_and_eta_from_the_completion_rollups(
     engine: AsyncEngine, seeded: Seeded
 ) -> None:
-    """Only completions inside each window count, weighted by the task's batch size."""
+    """Only rollup buckets inside each window count; each pool over its own work's span."""
     t = (await load_status(PgStore(engine), now=seeded.now)).throughput
-    # last minute: alpha's 30 s (2 images) + lumina's 10 s (1 image).
+    # runner-live speaks for [now - 62 s, now - 2 s]: alpha's 30 s (2 images) + lumina's 10 s.
     assert t.images_per_min_1m == 3.0
     assert t.subtasks_per_min_1m == 2.0
-    # last 5 min: alpha 30/90/200 s (6 images) + lumina 10/100 s (2) = 8 images / 5 min.
-    assert t.images_per_min_5m == 1.6
-    assert t.subtasks_per_min_5m == 1.0
+    # 5 min: alpha 30/90/200 s = 3 subtasks, 6 images over 300 s; lumina 10/100 s = 2 over
+    # the 118 s between its start (120 s ago) and the runner's snapshot (2 s ago).
+    lumina = 2 * 60 / 118
+    assert t.images_per_min_5m == round(1.2 + lumina, 1) == 2.2
+    assert t.subtasks_per_min_5m == round(0.6 + lumina, 1) == 1.6
     # alpha 5 × 2 + lumina 4 × 1 + waiting 5 × 1 images still to make.
     assert t.remaining_images == 19
-    assert t.eta_seconds == pytest.approx(19 * 60 / 1.6)
+    assert t.eta_seconds == pytest.approx(19 * 60 / (1.2 + lumina), abs=0.05)
 
 
 async def test_tasks_by_priority_with_rates_and_recent_ones(
@@ -89,9 +91,10 @@ async def test_tasks_by_priority_with_rates_and_recent_ones(
     assert (alpha.completed, alpha.failed, alpha.canceled, alpha.total) == (4, 1, 0, 10)
     assert alpha.rate_per_min == 0.6  # 3 in the 5-minute window
     assert alpha.eta_seconds == pytest.approx(5 * 60 / 0.6)
-    # lumina started 2 minutes ago: its 2 completions are over 120 s, not 300 s.
+    # lumina started 2 minutes ago: its 2 completions are over 118 s (to the runner's last
+    # snapshot), not 300 s.
     assert lumina.rate_per_min == 1.0
-    assert lumina.eta_seconds == pytest.approx(240.0)
+    assert lumina.eta_seconds == pytest.approx(4 * 118 / 2, abs=0.05)
     assert waiting.rate_per_min == 0.0
     assert waiting.eta_seconds is None
     assert [(t.name, t.status) for t in snapshot.recent] == [
@@ -150,18 +153,45 @@ async def test_empty_database(engine: AsyncEngine) -> None:
     assert snapshot.throughput.eta_seconds == 0.0
 
 
-async def test_throughput_window_uses_the_partial_index(engine: AsyncEngine) -> None:
-    """The window query is a range scan of ix_subtasks_completed_at, never a subtasks scan."""
+async def test_no_status_query_reads_completed_subtasks(engine: AsyncEngine) -> None:
+    """Only the in-flight count reads subtasks, through the partial lease index."""
     from db.status_queries import QUERIES
 
+    assert [
+        name for name, sql in QUERIES.items() if "subtasks s" in sql or "FROM subtasks" in sql
+    ] == ["processing"]
     async with engine.connect() as connection:
         await connection.execute(text("SET enable_seqscan = off"))
-        now = (await connection.execute(text("SELECT now()"))).scalar_one()
         plan = "\n".join(
-            row[0]
-            for row in await connection.execute(
-                text(f"EXPLAIN {QUERIES['window']}"),
-                {"now": now, "short_since": now, "long_since": now},
-            )
+            row[0] for row in await connection.execute(text(f"EXPLAIN {QUERIES['processing']}"))
         )
-    assert "ix_subtasks_completed_at" in plan
+    assert "ix_subtasks_in_flight" in plan
+    assert "ix_subtasks_completed_at" not in plan
+
+
+async def test_a_damaged_rollup_never_breaks_the_read(engine: AsyncEngine, seeded: Seeded) -> None:
+    """Garbage in an executors row's rollup is dropped; the live runner's rates still stand."""
+    hostile = {
+        "standard": {
+            "completions": {
+                "at": 1,
+                "since": 0,
+                "bucket": 10,
+                "first": 0,
+                "subtasks": [[0, "x"], None, True, -5, 1.5, 10**30],
+                "tasks": {str(2**63): [[0, 1]], "12345678901234567890123": [], "x": 1},
+            }
+        },
+        "lumina": {"completions": {"at": "soon", "bucket": -1}},
+    }
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                'INSERT INTO executors (id, "group", host, pid, version, state, started_at,'
+                " heartbeat_at, pools) VALUES ('runner-odd', 'default', 'h', 1, '0', 'running',"
+                " :now, :now, CAST(:pools AS jsonb))"
+            ),
+            {"now": seeded.now, "pools": json.dumps(hostile)},
+        )
+    t = (await load_status(PgStore(engine), now=seeded.now)).throughput
+    assert (t.images_per_min_1m, t.subtasks_per_min_1m) == (3.0, 2.0)

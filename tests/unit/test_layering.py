@@ -72,7 +72,14 @@ COMPOSITION_ROOTS = {
 DATABASE_LIBRARIES = {"sqlalchemy", "asyncpg"}
 
 # Pure decisions and data: no I/O library and no clock; time is an argument.
-PURE = ["runner/policy", "runner/spec", "runner/view/projection.py", "runner/view/model.py"]
+PURE = [
+    "runner/policy",
+    "runner/spec",
+    "runner/view/projection.py",
+    "runner/view/rates.py",
+    "runner/view/model.py",
+    "runner/loop/rollup.py",
+]
 IMPURE_LIBRARIES = {"aiohttp", "sqlalchemy", "asyncpg", "anyio", "asyncio", "time", "socket"}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from db.snapshots import LimitChange, PoolSnapshot, encode_pools
+from db.snapshots import Completions, LimitChange, PoolSnapshot, encode_pools
 from db.status_queries import StatusRows
 from runner.view.projection import (
     SPARKLINE_POINTS,
@@ -44,15 +44,55 @@ def executor_row(
     }
 
 
-def window_row(task_id: int, pool: str, batch: int, started: float, short: int, long: int) -> Any:
-    return {
-        "task_id": task_id,
-        "pool": pool,
-        "batch_size": batch,
-        "started_at": ago(started),
-        "n_short": short,
-        "n_long": long,
-    }
+AT = 10_000.0  # a runner's own wall clock at its last snapshot: any value, skew never matters
+
+
+def rollup_row(
+    name: str,
+    *,
+    age: float,
+    pools: dict[str, Completions],
+    state: str = "running",
+) -> dict[str, Any]:
+    """An executors row whose pools carry only completion rollups."""
+    row = executor_row(name, age=age, pools={p: PoolSnapshot() for p in pools}, state=state)
+    for pool, completions in pools.items():
+        row["pools"][pool]["completions"] = completions.to_json()
+    return row
+
+
+Pairs = tuple[tuple[float, int], ...]  # (bucket start, count): easier to read than dense
+
+
+def rollup(*tasks: tuple[int, int, Pairs], at: float = AT, since: float = 0.0) -> Completions:
+    """A rollup from (task id, batch size, pairs) entries, in dense buckets like a runner's."""
+    starts = sorted({start for _, _, pairs in tasks for start, _ in pairs})
+    first = starts[0] if starts else at - at % 10
+    size = int((starts[-1] - first) // 10) + 1 if starts else 0
+
+    def dense(pairs: Pairs, weight: int = 1) -> list[int]:
+        counts = [0] * size
+        for start, n in pairs:
+            counts[int((start - first) // 10)] += n * weight
+        return counts
+
+    def summed(weighted: bool) -> tuple[int, ...]:
+        rows = [dense(pairs, batch if weighted else 1) for _, batch, pairs in tasks]
+        return tuple(map(sum, zip(*rows, strict=True))) if rows else ()
+
+    return Completions(
+        at=at,
+        since=since,
+        first=first,
+        subtasks=summed(False),
+        images=summed(True),
+        tasks=tuple((task, tuple(dense(pairs))) for task, _, pairs in tasks),
+    )
+
+
+def starts(**ages: float) -> tuple[dict[str, Any], ...]:
+    """task_starts rows: task id (as t<N>) → started that many seconds before NOW."""
+    return tuple({"id": int(k[1:]), "started_at": ago(v)} for k, v in ages.items())
 
 
 def task_row(task_id: int, status: str, total: int, completed: int, batch: int = 1) -> Any:
@@ -77,16 +117,26 @@ def task_row(task_id: int, status: str, total: int, completed: int, batch: int =
 
 def rows(**overrides: Any) -> StatusRows:
     base: dict[str, Any] = dict(
-        now=NOW, queue=(), processing=(), window=(), active=(), recent=(), errors=(), executors=()
+        now=NOW,
+        queue=(),
+        processing=(),
+        task_starts=(),
+        active=(),
+        recent=(),
+        errors=(),
+        executors=(),
     )
     return StatusRows(**{**base, **overrides})
 
 
 def test_throughput_over_the_windows_weighted_by_batch_size() -> None:
-    """60 subtasks of batch 2 in the last 5 min of a long-running task: 12 subtasks/min."""
+    """Batch-2 task: 20 in the last minute, 60 in the last 5: 20 and 12 subtasks/min."""
+    # Live runner: its windows end at its snapshot (AT): 1 min = [9940, AT], 5 min = [9700, AT].
+    series = ((9_600.0, 100), (9_800.0, 40), (9_950.0, 20))  # 9_600 is older than 5 min
     snapshot = project(
         rows(
-            window=(window_row(1, "standard", 2, 3600, short=20, long=60),),
+            executors=(rollup_row("r", age=2, pools={"standard": rollup((1, 2, series))}),),
+            task_starts=starts(t1=3600),
             queue=({"pool": "standard", "tasks": 1, "remaining": 30, "remaining_images": 60},),
         )
     )
@@ -95,15 +145,100 @@ def test_throughput_over_the_windows_weighted_by_batch_size() -> None:
     assert (t.images_per_min_1m, t.images_per_min_5m) == (40.0, 24.0)
     # 60 images left at 24 images/min.
     assert t.remaining_images == 60 and t.eta_seconds == 150.0
-    assert {p.name: p.images_per_min for p in snapshot.pools}["standard"] == 24.0
+    pools = {p.name: p.images_per_min for p in snapshot.pools}
+    assert pools == {"standard": 24.0, "lumina": 0.0}
 
 
 def test_a_young_task_is_rated_over_its_own_age_not_the_whole_window() -> None:
     """Started 40 s ago with 20 done: 30/min, not 20 per 5 min; never below 10 s of span."""
-    young = project(rows(window=(window_row(1, "standard", 1, 40, short=20, long=20),)))
-    assert young.throughput.subtasks_per_min_5m == 30.0
-    newborn = project(rows(window=(window_row(1, "standard", 1, 1, short=5, long=5),)))
-    assert newborn.throughput.subtasks_per_min_5m == 30.0  # 5 over MIN_RATE_SPAN (10 s)
+    # Heartbeat 0 s ago: the task's start (NOW - 40 s) is 9_960 on the runner's clock.
+    young = rollup((1, 1, ((9_960.0, 10), (9_990.0, 10))))
+    snapshot = project(
+        rows(
+            executors=(rollup_row("r", age=0, pools={"standard": young}),),
+            task_starts=starts(t1=40),
+            active=(task_row(1, "running", total=100, completed=20),),
+        )
+    )
+    assert snapshot.throughput.subtasks_per_min_5m == 30.0
+    assert snapshot.tasks[0].rate_per_min == 30.0
+    newborn = rollup((1, 1, ((9_990.0, 5),)))
+    snapshot = project(
+        rows(
+            executors=(rollup_row("r", age=0, pools={"standard": newborn}),),
+            task_starts=starts(t1=1),
+        )
+    )
+    assert snapshot.throughput.subtasks_per_min_5m == 30.0  # 5 over MIN_RATE_SPAN (10 s)
+
+
+def test_a_young_runner_is_rated_over_its_own_life() -> None:
+    """A runner counting for 40 s (an old task): its 20 completions are 30/min."""
+    completions = rollup((1, 1, ((9_960.0, 10), (9_990.0, 10))), since=9_960.0)
+    snapshot = project(
+        rows(
+            executors=(rollup_row("r", age=1, pools={"standard": completions}),),
+            task_starts=starts(t1=3600),
+        )
+    )
+    assert snapshot.throughput.subtasks_per_min_5m == 30.0
+    assert snapshot.throughput.subtasks_per_min_1m == 20.0 * 60 / 40
+
+
+def test_runners_add_up_whatever_their_clocks() -> None:
+    """Two runners 490,000 s apart on their own clocks, 30 and 45 in 5 min: 6 + 9 per min."""
+    a = rollup((1, 1, ((9_800.0, 30),)))
+    b = rollup((1, 1, ((499_800.0, 45),)), at=500_000.0)
+    snapshot = project(
+        rows(
+            executors=(
+                rollup_row("a", age=2, pools={"standard": a}),
+                rollup_row("b", age=4, pools={"standard": b}),
+            ),
+            task_starts=starts(t1=3600),
+            active=(task_row(1, "running", total=200, completed=75),),
+        )
+    )
+    assert snapshot.throughput.subtasks_per_min_5m == 15.0
+    assert snapshot.tasks[0].rate_per_min == 15.0
+    assert snapshot.tasks[0].eta_seconds == 125 * 60 / 15.0
+
+
+def test_a_stopped_runner_counts_until_its_completions_leave_the_window() -> None:
+    """Stopped 100 s ago: its window ends at now (AT + 100), so its older buckets drop out."""
+    # 5 min = [9_800, 10_100] on its clock; 1 min = [10_040, 10_100]: empty.
+    done = rollup((1, 1, ((9_750.0, 99), (9_850.0, 30))))
+    for state, age in (("stopped", 100.0), ("running", 100.0)):  # stopped, or stale
+        snapshot = project(
+            rows(
+                executors=(rollup_row("r", age=age, pools={"standard": done}, state=state),),
+                task_starts=starts(t1=3600),
+            )
+        )
+        assert snapshot.throughput.subtasks_per_min_5m == 6.0, state
+        assert snapshot.throughput.subtasks_per_min_1m == 0.0, state
+
+
+def test_pools_are_rated_apart() -> None:
+    """Lumina's images count for lumina, standard's for standard; the cluster sums both."""
+    snapshot = project(
+        rows(
+            executors=(
+                rollup_row(
+                    "r",
+                    age=0,
+                    pools={
+                        "standard": rollup((1, 3, ((9_900.0, 10),))),
+                        "lumina": rollup((2, 1, ((9_900.0, 5),))),
+                    },
+                ),
+            ),
+            task_starts=starts(t1=3600, t2=3600),
+        )
+    )
+    pools = {p.name: p.images_per_min for p in snapshot.pools}
+    assert pools == {"standard": 6.0, "lumina": 1.0}  # 30 and 5 images per 5 min
+    assert snapshot.throughput.images_per_min_5m == 7.0
 
 
 @pytest.mark.parametrize(
@@ -117,10 +252,11 @@ def test_eta(remaining: int, per_min: float, expected: float | None) -> None:
 
 def test_task_eta_only_while_active() -> None:
     """An active task gets remaining / its own rate; a finished one none."""
-    window = (window_row(1, "standard", 1, 3600, short=5, long=25),)  # 5/min
+    completions = rollup((1, 1, ((9_800.0, 25),)))  # 25 per 5 min: 5/min
     snapshot = project(
         rows(
-            window=window,
+            executors=(rollup_row("r", age=1, pools={"standard": completions}),),
+            task_starts=starts(t1=3600),
             active=(task_row(1, "running", total=100, completed=50),),
             recent=(replace_status(task_row(1, "completed", total=100, completed=100)),),
         )
