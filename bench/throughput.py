@@ -45,11 +45,11 @@ IN_FLIGHT = 100  # imgrun's pinned standard pool and pgqueuer's max_concurrent_t
 CONFIG = """\
 [providers.null]
 type = "null"
-# TODO(lead): once fleet-wide provider limits are in main, un-comment so that the provider
-# limit never binds and only the pool (pinned below) does:
-# policy = "fixed"
-# initial = 1000
-# max_concurrency = 1000
+# The provider's fleet-wide limit never binds (the null provider's default, said aloud);
+# only the pool, pinned below, does.
+policy = "fixed"
+initial = 1000
+max_concurrency = 1000
 [runner]
 output_dir = "{output}"
 [pools.standard]
