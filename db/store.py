@@ -74,7 +74,7 @@ class PgStore:
 
     async def provider_rows(self) -> list[dict[str, Any]]:
         """Every provider's fleet-wide row, for the status view."""
-        return await provider_queries.provider_rows(self.engine)
+        return [dict(row) for row in await status_queries.load_provider_rows(self.engine)]
 
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record attempts' outcomes (fenced); returns the subtask ids whose outcome stands."""
