@@ -234,7 +234,9 @@ CLAIM = text(
         SET status = 'processing', executor_id = :executor, attempts = s.attempts + 1,
             lease_expires_at = now() + make_interval(secs => :lease),
             started_at = coalesce(s.started_at, now()), updated_at = now()
-        FROM picked WHERE s.id = picked.id
+        -- An id list, not a join: the planner cannot size "picked" (its LIMIT is a subquery)
+        -- and would hash-join it against a sequential scan of every subtask.
+        WHERE s.id = ANY(ARRAY(SELECT id FROM picked))
         RETURNING s.id, s.task_id, s.ordinal, s.pool, s.prompt, s.params, s.attempts,
                   s.retry_count, s.deferrals, s.external_id, s.provider
     ), started AS (
