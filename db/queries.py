@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -493,8 +493,38 @@ async def reap_expired(
     return outcomes
 
 
-async def work_remains(engine: AsyncEngine, pools: Sequence[str]) -> bool:
-    """True while any subtask of `pools` is pending (now or later) or processing."""
+# Routed: only the (pool, provider) pairs a runner claims. Another provider's queue is not
+# its work, and waiting for it would keep a routed `--until-idle` runner up forever.
+_ROUTED_WORK_REMAINS = text(
+    """
+    WITH routed AS (
+        SELECT * FROM unnest(CAST(:pools AS text[]), CAST(:providers AS text[]))
+            AS r(pool, provider)
+    )
+    SELECT EXISTS (SELECT 1 FROM routed r JOIN subtasks s
+                   ON s.status = 'pending' AND s.pool = r.pool AND s.provider = r.provider)
+        OR EXISTS (SELECT 1 FROM routed r JOIN subtasks s
+                   ON s.status = 'processing' AND s.pool = r.pool AND s.provider = r.provider)
+    """
+)
+
+
+async def work_remains(
+    engine: AsyncEngine, pools: Sequence[str], routes: Mapping[str, Sequence[str]] | None = None
+) -> bool:
+    """True while any subtask of `pools` is pending (now or later) or processing.
+
+    With `routes` (pool -> providers), only subtasks of those pairs count.
+    """
+    if routes is not None:
+        pairs = [(pool, name) for pool in pools for name in routes.get(pool, ())]
+        async with engine.connect() as connection:
+            return bool(
+                await connection.scalar(
+                    _ROUTED_WORK_REMAINS,
+                    {"pools": [p for p, _ in pairs], "providers": [n for _, n in pairs]},
+                )
+            )
     async with engine.connect() as connection:
         return bool(
             await connection.scalar(

@@ -116,9 +116,11 @@ class PgStore:
         """Claimable-now subtasks per pool."""
         return await queries.pending_counts(self.engine, pools)
 
-    async def work_remains(self, pools: Sequence[str]) -> bool:
-        """True while any subtask of `pools` is pending or processing."""
-        return await queries.work_remains(self.engine, pools)
+    async def work_remains(
+        self, pools: Sequence[str], routes: Mapping[str, Sequence[str]] | None = None
+    ) -> bool:
+        """True while any subtask of `pools` (routed: those providers) is pending or processing."""
+        return await queries.work_remains(self.engine, pools, routes)
 
     async def canceled_among(self, task_ids: Sequence[int]) -> set[int]:
         """Which of these tasks have been canceled."""
