@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.records import ControlChange, ProviderBounds, ProviderReport
+from db.status_queries import LATENCY_PER_REPORT
 from db.store import PgStore
 from runner.status_read import load_status
 from tests.runner.conftest import submit
@@ -102,3 +103,13 @@ async def test_status_json_has_the_providers_section(engine: AsyncEngine) -> Non
     data = (await load_status(PgStore(engine))).to_json()
     assert [p["name"] for p in data["providers"]] == ["alpha", "beta"]
     assert data["providers"][0]["decisions"][0]["to_limit"] == 7
+
+
+async def test_the_median_reads_a_bounded_sample_of_each_report(engine: AsyncEngine) -> None:
+    """Only each report's first LATENCY_PER_REPORT samples count: the read stays bounded."""
+    store = PgStore(engine)
+    await store.register_providers([ProviderBounds("alpha", "fixed", 1, 8, None, {"limit": 8})])
+    kept = (1.0,) * LATENCY_PER_REPORT
+    await store.insert_reports("r1", [ProviderReport("alpha", 256, latencies=kept + (9.0,) * 224)])
+    (alpha,) = (await load_status(store)).providers
+    assert alpha.latency_p50 == 1.0  # all 256 samples would give 9.0
