@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -12,6 +14,7 @@ from db.records import ControlChange, ProviderBounds, ProviderReport
 from db.status_queries import LATENCY_PER_REPORT
 from db.store import PgStore
 from runner.status_read import load_status
+from tests.conftest import IMGRUN
 from tests.runner.conftest import submit
 
 pytestmark = pytest.mark.anyio
@@ -97,12 +100,26 @@ async def test_store_provider_rows_match_the_status_read(engine: AsyncEngine) ->
     assert [d["reason"] for d in alpha["decisions"]] == ["429 with Retry-After 30 s"]
 
 
-async def test_status_json_has_the_providers_section(engine: AsyncEngine) -> None:
-    """`status --json` carries one object per provider with its decisions."""
+async def test_status_json_has_the_providers_section(
+    engine: AsyncEngine, database_url: str, cli_env: dict[str, str]
+) -> None:
+    """`imgrun status --json` carries one object per provider with its decisions."""
     await fleet(engine)
-    data = (await load_status(PgStore(engine))).to_json()
-    assert [p["name"] for p in data["providers"]] == ["alpha", "beta"]
-    assert data["providers"][0]["decisions"][0]["to_limit"] == 7
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [*IMGRUN, "status", "--json"],
+            env={**cli_env, "IMGRUN_DATABASE_URL": database_url},
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    providers = json.loads(result.stdout)["providers"]
+    assert [p["name"] for p in providers] == ["alpha", "beta"]
+    alpha = providers[0]
+    assert (alpha["limit"], alpha["max_concurrency"], alpha["in_flight"]) == (7, 40, 3)
+    assert (alpha["rate_limited_share"], alpha["latency_p50"]) == (0.06, 0.4)
+    (decision,) = alpha["decisions"]
+    assert (decision["from_limit"], decision["to_limit"]) == (10, 7)
+    assert decision["reason"] == "429 with Retry-After 30 s"
 
 
 async def test_the_median_reads_a_bounded_sample_of_each_report(engine: AsyncEngine) -> None:
