@@ -7,7 +7,7 @@ database library, so code typed against these ports can be tested with a fake.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -105,8 +105,10 @@ class QueueSignals(Protocol):
         """Claimable-now subtasks per pool."""
         ...
 
-    async def work_remains(self, pools: Sequence[str]) -> bool:
-        """True while any subtask of `pools` is pending (now or later) or processing."""
+    async def work_remains(
+        self, pools: Sequence[str], routes: Mapping[str, Sequence[str]] | None = None
+    ) -> bool:
+        """True while any subtask of `pools` (routed: those providers) is pending or processing."""
         ...
 
     async def canceled_among(self, task_ids: Sequence[int]) -> set[int]:

@@ -7,7 +7,6 @@ read and write. Time is the database's: every runner reads the same clock.
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -231,41 +230,3 @@ async def _write(
             "new_window": new_window,
         },
     )
-
-
-async def provider_rows(engine: AsyncEngine) -> list[dict[str, Any]]:
-    """Every provider's fleet-wide row with its in-flight count and the last minute's reports."""
-    async with engine.connect() as connection:
-        rows = await connection.execute(
-            text(
-                """
-                SELECT p.name, p.policy, p.min_limit, p.max_concurrency, p.rpm, p."limit",
-                       greatest(0, extract(epoch FROM p.cooldown_until - now())) AS cooldown,
-                       p.decisions,
-                       (SELECT count(*) FROM subtasks s
-                        WHERE s.status = 'processing' AND s.provider = p.name) AS in_flight,
-                       r.completions, r.rate_limited, r.unavailable, r.timeouts,
-                       r.server_errors, r.latencies
-                FROM providers p
-                LEFT JOIN LATERAL (
-                    SELECT coalesce(sum(completions), 0) AS completions,
-                           coalesce(sum(rate_limited), 0) AS rate_limited,
-                           coalesce(sum(unavailable), 0) AS unavailable,
-                           coalesce(sum(timeouts), 0) AS timeouts,
-                           coalesce(sum(server_errors), 0) AS server_errors,
-                           (SELECT array_agg(l) FROM (
-                               SELECT unnest(latencies) AS l FROM provider_reports q
-                               WHERE q.provider = p.name
-                                 AND q.at >= now() - interval '60 seconds') ls) AS latencies
-                    FROM provider_reports q
-                    WHERE q.provider = p.name AND q.at >= now() - interval '60 seconds'
-                ) r ON true
-                ORDER BY p.name
-                """
-            )
-        )
-        return [dict(row) | {"latency_p50": _median(row.latencies)} for row in rows.mappings()]
-
-
-def _median(values: Sequence[float] | None) -> float | None:
-    return statistics.median(values) if values else None

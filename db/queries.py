@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -234,7 +234,9 @@ CLAIM = text(
         SET status = 'processing', executor_id = :executor, attempts = s.attempts + 1,
             lease_expires_at = now() + make_interval(secs => :lease),
             started_at = coalesce(s.started_at, now()), updated_at = now()
-        FROM picked WHERE s.id = picked.id
+        -- An id list, not a join: the planner cannot size "picked" (its LIMIT is a subquery)
+        -- and would hash-join it against a sequential scan of every subtask.
+        WHERE s.id = ANY(ARRAY(SELECT id FROM picked))
         RETURNING s.id, s.task_id, s.ordinal, s.pool, s.prompt, s.params, s.attempts,
                   s.retry_count, s.deferrals, s.external_id, s.provider
     ), started AS (
@@ -462,8 +464,38 @@ async def set_external_id(
         return bool(result.rowcount)
 
 
-async def work_remains(engine: AsyncEngine, pools: Sequence[str]) -> bool:
-    """True while any subtask of `pools` is pending (now or later) or processing."""
+# Routed: only the (pool, provider) pairs a runner claims. Another provider's queue is not
+# its work, and waiting for it would keep a routed `--until-idle` runner up forever.
+_ROUTED_WORK_REMAINS = text(
+    """
+    WITH routed AS (
+        SELECT * FROM unnest(CAST(:pools AS text[]), CAST(:providers AS text[]))
+            AS r(pool, provider)
+    )
+    SELECT EXISTS (SELECT 1 FROM routed r JOIN subtasks s
+                   ON s.status = 'pending' AND s.pool = r.pool AND s.provider = r.provider)
+        OR EXISTS (SELECT 1 FROM routed r JOIN subtasks s
+                   ON s.status = 'processing' AND s.pool = r.pool AND s.provider = r.provider)
+    """
+)
+
+
+async def work_remains(
+    engine: AsyncEngine, pools: Sequence[str], routes: Mapping[str, Sequence[str]] | None = None
+) -> bool:
+    """True while any subtask of `pools` is pending (now or later) or processing.
+
+    With `routes` (pool -> providers), only subtasks of those pairs count.
+    """
+    if routes is not None:
+        pairs = [(pool, name) for pool in pools for name in routes.get(pool, ())]
+        async with engine.connect() as connection:
+            return bool(
+                await connection.scalar(
+                    _ROUTED_WORK_REMAINS,
+                    {"pools": [p for p, _ in pairs], "providers": [n for _, n in pairs]},
+                )
+            )
     async with engine.connect() as connection:
         return bool(
             await connection.scalar(

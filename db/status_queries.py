@@ -39,6 +39,7 @@ class StatusRows:
     recent: tuple[Row, ...]  # finished tasks, newest first
     errors: tuple[Row, ...]  # aggregated error_logs rows, most frequent first
     executors: tuple[Row, ...]  # running and recently stopped runners (`pools`: raw jsonb)
+    providers: tuple[Row, ...] = ()  # fleet-wide provider rows (see PROVIDERS_QUERY)
 
 
 # --- queries -----------------------------------------------------------------------------
@@ -104,6 +105,67 @@ QUERIES: dict[str, str] = {
 }
 
 
+# --- providers ---------------------------------------------------------------------------
+PROVIDER_WINDOW = 60.0  # seconds of runner reports behind the 429 share and the p50 latency
+PROVIDERS_SHOWN = 50  # rows: a fleet has a handful of providers; this only bounds the read
+# The median is of a bounded sample, whatever the size of the fleet: the newest reports'
+# first samples (one report per runner per second; a report keeps up to 256).
+LATENCY_REPORTS = 120
+LATENCY_PER_REPORT = 32
+
+# One row per provider: its fleet-wide row (policy, bounds, limit, cooldown, the newest
+# decisions), what is in flight for it fleet-wide (the small partial index on processing rows)
+# and the last minute of runner reports (ix_provider_reports_provider_at). The median is taken
+# here, over a bounded sample, so the status read never ships the latency samples themselves.
+PROVIDERS_QUERY = """
+    SELECT p.name, p.policy, p.min_limit, p.max_concurrency, p.rpm, p."limit",
+           greatest(0, extract(epoch FROM p.cooldown_until - CAST(:now AS timestamptz)))
+               AS cooldown,
+           p.decisions,
+           (SELECT count(*) FROM subtasks s
+            WHERE s.status = 'processing' AND s.provider = p.name) AS in_flight,
+           r.requests, r.rate_limited,
+           (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l)
+            FROM (SELECT q.latencies[1:CAST(:per_report AS int)] AS sample
+                  FROM provider_reports q
+                  WHERE q.provider = p.name AND q.at > :since AND q.at <= :now
+                  ORDER BY q.at DESC
+                  LIMIT :latency_reports) AS recent,
+                 unnest(recent.sample) AS l) AS latency_p50
+    FROM providers p
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(completions + rate_limited + unavailable + timeouts
+                            + server_errors), 0) AS requests,
+               coalesce(sum(rate_limited), 0) AS rate_limited
+        FROM provider_reports q
+        WHERE q.provider = p.name AND q.at > :since AND q.at <= :now
+    ) r
+    ORDER BY p.name
+    LIMIT :providers
+"""
+QUERIES["providers"] = PROVIDERS_QUERY
+
+
+async def provider_rows(connection: AsyncConnection, now: datetime) -> tuple[Row, ...]:
+    """Every provider's fleet-wide row as of `now`, with the last PROVIDER_WINDOW of reports."""
+    return await _rows(
+        connection,
+        "providers",
+        now=now,
+        since=now - timedelta(seconds=PROVIDER_WINDOW),
+        providers=PROVIDERS_SHOWN,
+        latency_reports=LATENCY_REPORTS,
+        per_report=LATENCY_PER_REPORT,
+    )
+
+
+async def load_provider_rows(engine: AsyncEngine) -> tuple[Row, ...]:
+    """The providers' rows alone, as of the database's clock."""
+    async with engine.connect() as connection:
+        now = (await connection.execute(text("SELECT now()"))).scalar_one()
+        return await provider_rows(connection, now)
+
+
 async def load_status_rows(
     engine: AsyncEngine,
     *,
@@ -155,6 +217,7 @@ async def _read(
         recent=await _rows(connection, "recent_tasks", recent=recent_limit),
         errors=await _rows(connection, "errors", errors=error_limit),
         executors=executors,
+        providers=await provider_rows(connection, now),
     )
 
 

@@ -75,7 +75,7 @@ class PgStore:
 
     async def provider_rows(self) -> list[dict[str, Any]]:
         """Every provider's fleet-wide row, for the status view."""
-        return await provider_queries.provider_rows(self.engine)
+        return [dict(row) for row in await status_queries.load_provider_rows(self.engine)]
 
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record attempts' outcomes (fenced); returns the subtask ids whose outcome stands."""
@@ -136,9 +136,11 @@ class PgStore:
         """Claimable-now subtasks per pool."""
         return await queries.pending_counts(self.engine, pools)
 
-    async def work_remains(self, pools: Sequence[str]) -> bool:
-        """True while any subtask of `pools` is pending or processing."""
-        return await queries.work_remains(self.engine, pools)
+    async def work_remains(
+        self, pools: Sequence[str], routes: Mapping[str, Sequence[str]] | None = None
+    ) -> bool:
+        """True while any subtask of `pools` (routed: those providers) is pending or processing."""
+        return await queries.work_remains(self.engine, pools, routes)
 
     async def canceled_among(self, task_ids: Sequence[int]) -> set[int]:
         """Which of these tasks have been canceled."""

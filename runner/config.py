@@ -403,6 +403,8 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
         message = "unknown key"
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
+    if not where and not prefix and first["type"] == "value_error":
+        return message  # a check of the whole config names the keys it is about
     location = f"{prefix}{where}" if where else prefix.rstrip(".") or "value"
     return f"{location}: {message}"
 

@@ -33,6 +33,7 @@ class Runner(Protocol):
     store: RunnerStore
     settings: RunnerSettings
     pools: dict[str, Pool]
+    routes: dict[str, list[str]]  # pool -> the providers it claims for
     stop_requested: anyio.Event
     idle_wakeup: Wakeup
 
@@ -258,7 +259,7 @@ async def idle_loop(runner: Runner) -> None:
         await runner.idle_wakeup.wait(runner.settings.poll_interval)
         if runner.busy:
             continue
-        if not await runner.store.work_remains(list(runner.pools)):
+        if not await runner.store.work_remains(list(runner.pools), runner.routes):
             log.info("nothing pending, processing or waiting to retry: stopping")
             runner.request_stop()
 

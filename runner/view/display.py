@@ -18,6 +18,7 @@ from runner.view.model import (
     StatusSnapshot,
     TaskProgress,
 )
+from runner.view.provider_panel import providers_panel
 from runner.view.tables import STATUS_STYLE, age
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -293,6 +294,10 @@ def render(snapshot: StatusSnapshot, *, width: int | None = None) -> RenderableT
     parts: list[RenderableType] = [
         _header(snapshot),
         _pools(snapshot, spark_width),
+    ]
+    if snapshot.providers:
+        parts.append(providers_panel(snapshot.providers, snapshot.at))
+    parts += [
         _throughput(snapshot),
         _tasks(snapshot, bar_width),
     ]

@@ -112,6 +112,35 @@ class ExecutorStatus:
 
 
 @dataclass(frozen=True)
+class ProviderDecision:
+    """One change of a provider's fleet-wide limit, with the controller's reason."""
+
+    at: datetime
+    from_limit: int
+    to_limit: int
+    reason: str  # for people only: nothing parses it
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """One provider as the whole fleet sees it (its `providers` row and the runners' reports)."""
+
+    name: str
+    policy: str
+    limit: int  # the fleet-wide limit every runner's claims respect
+    min_limit: int
+    max_concurrency: int  # the hard fleet-wide cap
+    rpm: int | None  # fleet-wide requests per minute, when configured
+    in_flight: int  # subtasks processing for it, across every runner
+    cooldown_for: float  # seconds its Retry-After pause still has to run (0: none)
+    requests_1m: int  # requests the runners reported over the last minute
+    rate_limited_1m: int  # of which answered 429
+    rate_limited_share: float | None  # rate_limited_1m / requests_1m (None: no requests)
+    latency_p50: float | None  # seconds, median over the last minute (None: no samples)
+    decisions: tuple[ProviderDecision, ...]  # newest first
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     """Everything the status view shows, as of `at` (the database's clock)."""
 
@@ -124,6 +153,7 @@ class StatusSnapshot:
     recent: tuple[TaskProgress, ...]  # last finished, newest first
     errors: tuple[ErrorSummary, ...]
     executors: tuple[ExecutorStatus, ...]
+    providers: tuple[ProviderStatus, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (datetimes as ISO 8601 strings)."""

@@ -17,6 +17,8 @@ from runner.view.model import (
     ErrorSummary,
     ExecutorStatus,
     PoolStatus,
+    ProviderDecision,
+    ProviderStatus,
     ScalingDecision,
     StatusSnapshot,
     TaskProgress,
@@ -61,6 +63,7 @@ def project(rows: StatusRows, *, stale_after: float = STALE_AFTER) -> StatusSnap
         recent=tuple(task(row, rates) for row in rows.recent),
         errors=tuple(error(row) for row in rows.errors),
         executors=executors,
+        providers=tuple(provider(row) for row in rows.providers),
     )
 
 
@@ -234,3 +237,48 @@ def limit_history(snaps: Snaps, now: datetime) -> tuple[int, ...]:
         )
         for at in points
     )
+
+
+# --- providers (fleet-wide) ----------------------------------------------------------------
+PROVIDER_DECISIONS_KEPT = 5  # newest decisions per provider in the snapshot
+
+
+def provider(row: Row) -> ProviderStatus:
+    """One providers row with its fleet-wide in-flight count and last minute of reports."""
+    requests, limited = int(row["requests"] or 0), int(row["rate_limited"] or 0)
+    p50 = row["latency_p50"]
+    return ProviderStatus(
+        name=row["name"],
+        policy=row["policy"],
+        limit=int(row["limit"]),
+        min_limit=int(row["min_limit"]),
+        max_concurrency=int(row["max_concurrency"]),
+        rpm=None if row["rpm"] is None else int(row["rpm"]),
+        in_flight=int(row["in_flight"]),
+        cooldown_for=round(float(row["cooldown"] or 0.0), 1),
+        requests_1m=requests,
+        rate_limited_1m=limited,
+        rate_limited_share=round(limited / requests, 4) if requests else None,
+        latency_p50=None if p50 is None else round(float(p50), 3),
+        decisions=provider_decisions(row["decisions"])[:PROVIDER_DECISIONS_KEPT],
+    )
+
+
+def provider_decisions(raw: object) -> tuple[ProviderDecision, ...]:
+    """The stored decisions (a JSON list, newest first), skipping any entry not of that shape."""
+    if not isinstance(raw, list):
+        return ()
+    decisions = []
+    for entry in raw:
+        try:
+            decisions.append(
+                ProviderDecision(
+                    at=datetime.fromtimestamp(float(entry["at"]), tz=UTC),
+                    from_limit=int(entry["from_limit"]),
+                    to_limit=int(entry["to_limit"]),
+                    reason=str(entry["reason"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError, OverflowError, OSError):
+            continue  # written by an older or newer runner: show the rest
+    return tuple(sorted(decisions, key=lambda d: d.at, reverse=True))
