@@ -154,12 +154,12 @@ async def test_empty_database(engine: AsyncEngine) -> None:
 
 
 async def test_no_status_query_reads_completed_subtasks(engine: AsyncEngine) -> None:
-    """Only the in-flight count reads subtasks, through the partial lease index."""
+    """Only in-flight counts read subtasks, through a partial index over processing rows."""
     from db.status_queries import QUERIES
 
     assert [
         name for name, sql in QUERIES.items() if "subtasks s" in sql or "FROM subtasks" in sql
-    ] == ["processing"]
+    ] == ["processing", "providers"]  # each counts in-flight rows only
     async with engine.connect() as connection:
         await connection.execute(text("SET enable_seqscan = off"))
         plan = "\n".join(

@@ -45,7 +45,7 @@ def rows(*providers: dict[str, Any]) -> StatusRows:
         now=NOW,
         queue=(),
         processing=(),
-        window=(),
+        task_starts=(),
         active=(),
         recent=(),
         errors=(),
