@@ -263,7 +263,7 @@ def drive(s: Scenario, port: int, env: dict[str, str], deadline: float) -> tuple
 
 
 def converge(
-    s: Scenario, run: Run, changed: Sequence[float], fixed: Run, fixed_changed: Sequence[float]
+    run: Run, changed: Sequence[float], fixed: Run, fixed_changed: Sequence[float]
 ) -> tuple[float | None, ...]:
     """Seconds to 90 % of the best fixed run's rate after the start and each capacity change."""
     events = [run.started, *changed]
@@ -285,9 +285,9 @@ def converge(
 def scenario_rows(bench: Bench, s: Scenario, policies: Sequence[str]) -> list[Row]:
     """Sweep fixed, then run each policy; one row per run."""
     print(f"{s.key}: {s.title}", flush=True)
-    sweep = [(bench.run(s, "fixed", n)) for n in s.sweep]
+    sweep = [bench.run(s, "fixed", n) for n in s.sweep]
     top_run, top_changed = max(sweep, key=lambda rc: rc[0].per_min)
-    rows = [Row(s.key, r, top_run, converge(s, r, c, top_run, top_changed)) for r, c in sweep]
+    rows = [Row(s.key, r, top_run, converge(r, c, top_run, top_changed)) for r, c in sweep]
     for policy in policies:
         run, changed = bench.run(s, policy)
         rows.append(
@@ -295,7 +295,7 @@ def scenario_rows(bench: Bench, s: Scenario, policies: Sequence[str]) -> list[Ro
                 s.key,
                 run,
                 best([r for r, _ in sweep]),
-                converge(s, run, changed, top_run, top_changed),
+                converge(run, changed, top_run, top_changed),
             )
         )
     return rows
