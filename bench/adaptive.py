@@ -26,7 +26,9 @@ import argparse
 import functools
 import json
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -312,6 +314,8 @@ def main() -> None:
     unknown = set(chosen) - {"a", "b", "c", "d", "e"}
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    # SIGTERM unwinds like Ctrl-C, so the sims, runners and server of the run in hand stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     table = QUICK if args.quick else FULL
     rows: list[Row] = []
     began = time.monotonic()
