@@ -70,7 +70,7 @@ _LOCK_DUE = text(
            extract(epoch FROM now() - window_started_at) AS elapsed, window_started_at
     FROM providers
     WHERE name = :name AND window_started_at <= now() - make_interval(secs => :window)
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE
     """
 )
 _WRITE = text(
@@ -168,7 +168,13 @@ async def decide_window(
     pending_cap: int,
     decide: DecideWindow,
 ) -> str | None:
-    """If the provider's window is over and no other runner is deciding, decide it (once)."""
+    """If the provider's window is over, decide it (once: see _LOCK_DUE).
+
+    The lock waits rather than skips: every claim for the provider holds the same row for a
+    moment, and a busy fleet skipping it would put off decisions by several seconds. A runner
+    that waited behind another's decision finds the window restarted (PostgreSQL re-checks the
+    WHERE on the row it locked) and decides nothing.
+    """
     async with engine.begin() as connection:
         row = (await connection.execute(_LOCK_DUE, {"name": name, "window": window})).one_or_none()
         if row is None:

@@ -13,7 +13,9 @@ The adaptive policy:
 - avoidance: latency between `flat_tolerance` and `latency_tolerance` × baseline holds the
   limit (the provider is just past its knee, queueing a little); above it, the limit is cut to
   the concurrency the provider actually served (Little's law: throughput × baseline); flat
-  latency probes upward by a share of the limit that doubles with each healthy window;
+  latency probes upward: toward the limit at which a 429/503/timeout last came (the knee),
+  closing half the gap per window, one past it, then by a share of the limit that doubles
+  with each healthy window;
 - pressure cuts ×`decrease_factor` at most once per window; a 429 or 503 pauses claims until
   its Retry-After (clamped to `max_retry_after`), and for at least `min_cooldown`, doubled for
   each window in a row that saw pressure, so a `Retry-After: 0` storm still backs off;
@@ -99,7 +101,7 @@ def on_pressure(
     state = replace(state, cooldown_until=until)
     old = state.limit
     if config.policy == "adaptive" and _may_cut(config, state, now, sent_at):
-        state = _cut(state, math.floor(old * config.decrease_factor), config, now)
+        state = _cut(state, _pressure_target(config, state), config, now, knee=old)
     label = _SIGNAL_LABEL[signal]
     if retry_after is not None:
         label += f" (Retry-After {retry_after:g}s)"
@@ -128,6 +130,14 @@ def _cooldown(
     return until, pause
 
 
+def _pressure_target(config: ControllerConfig, state: ControllerState) -> int:
+    """×decrease_factor, but not below the last limit that held (unless pressure came there)."""
+    target = math.floor(state.limit * config.decrease_factor)
+    if state.safe is not None and state.safe < state.limit:
+        target = max(target, state.safe)
+    return target
+
+
 def _may_cut(
     config: ControllerConfig, state: ControllerState, now: float, sent_at: float | None
 ) -> bool:
@@ -142,16 +152,28 @@ def _may_cut(
 
 
 def _cut(
-    state: ControllerState, target: int, config: ControllerConfig, now: float
+    state: ControllerState,
+    target: int,
+    config: ControllerConfig,
+    now: float,
+    *,
+    knee: int | None = None,
 ) -> ControllerState:
-    """Lower the limit to `target` (at least one below, never under min) after pressure."""
+    """Lower the limit to `target` (at least one below, never under min) after pressure.
+
+    `knee`: the limit the provider pushed back at (None: keep the one known).
+    """
     limit = config.clamp(min(state.limit - 1, target))
+    # Pressure at or under the safe limit: the provider shrank, what held before no longer does.
+    safe = state.safe if state.safe is not None and state.safe < state.limit else None
     return replace(
         state,
         limit=limit,
         phase="avoidance",
         last_cut_at=now,
         probe_streak=0,
+        knee=knee if knee is not None else state.knee,
+        safe=safe,
     )
 
 
@@ -224,9 +246,11 @@ def _adaptive(
     if window.pressure:
         return _pressure_window(config, state, window, now)
     state = replace(state, strikes=0)
+    if window.in_flight >= state.limit * config.min_utilization and window.completions:
+        state = replace(state, safe=max(state.safe or 0, state.limit))  # held, no pressure
     if rebased:
         # The knee found so far was measured against the old speed: look for it again.
-        state = replace(state, phase="slow-start")
+        state = replace(state, phase="slow-start", knee=None)
         return Decision(
             state, f"p50 {sample:.3g}s did not fall after the cut: baseline is now {sample:.3g}s"
         )
@@ -306,16 +330,20 @@ def _pressure_window(
     target = state.limit
     # Signals normally cut through on_pressure as they happen. Ones that only reached the
     # counts cut here, unless a cut is recent: its stragglers arrive within a latency of it.
-    if state.last_cut_at is None or now - state.last_cut_at >= 2 * config.window:
-        target = math.floor(state.limit * config.decrease_factor)
+    recent = state.last_cut_at is not None and now - state.last_cut_at < 2 * config.window
+    if not recent:
+        target = _pressure_target(config, state)
     served = _served(window, state.baseline_latency)
-    if served is not None:
-        target = min(target, max(round(served), math.floor(state.limit * _LATENCY_CUT_FLOOR)))
+    floor = math.floor(state.limit * _LATENCY_CUT_FLOOR)
+    # After a recent cut, only a gross overshoot (served under half the limit) cuts again: a
+    # window holding a Retry-After pause served less than the provider can, not the knee.
+    if served is not None and (not recent or served < floor):
+        target = min(target, max(round(served), floor))
     # Each window in a row with pressure doubles the minimum cooldown (see _cooldown).
     state = replace(state, strikes=min(state.strikes + 1, _MAX_STREAK), probe_streak=0)
     if target >= state.limit:
         return Decision(state)
-    new = _cut(state, target, config, now)
+    new = _cut(state, target, config, now, knee=state.limit)
     note = f", served ≈{served:.1f}" if served is not None else ""
     return Decision(new, f"{counts} in window{note}: {state.limit} → {new.limit}")
 
@@ -333,7 +361,12 @@ def _latency_cut(
     target = max(floor, round(served)) if served is not None else floor
     limit = config.clamp(min(state.limit - 1, target))
     new = replace(
-        state, limit=limit, phase="avoidance", last_cut_at=now, latency_cut=True, probe_streak=0
+        state,
+        limit=limit,
+        phase="avoidance",
+        last_cut_at=now,
+        latency_cut=True,
+        probe_streak=0,
     )
     why = f"p50 {sample:.3g}s > {config.latency_tolerance:g}× baseline {baseline:.3g}s"
     if served is not None:
@@ -394,8 +427,21 @@ def _grow(
     erroring = window.server_errors * 4 > window.requests  # growing into 5xx helps nobody
     if idle or erroring:
         return Decision(replace(state, probe_streak=0))
+    knee = state.knee
     if state.phase == "slow-start":
         target, how = math.ceil(state.limit * config.growth_factor), "slow start"
+    elif knee is not None and state.limit + 1 < knee:
+        # Below where the provider last pushed back (a 429/503/timeout, a hard edge): close
+        # half the gap each window, so far below it is quick and near it is +1 (like CUBIC).
+        step = max(1, (knee - state.limit) // 2)
+        target, how = min(state.limit + step, knee - 1), "probing toward the knee"
+    elif knee is not None and state.probe_streak < config.knee_hold:
+        # Just under the knee: hold a few windows before testing it again (each test that
+        # finds the edge costs a 429 and its Retry-After pause).
+        return Decision(replace(state, probe_streak=state.probe_streak + 1))
+    elif knee is not None:
+        # At the knee: one step past it; if that brings no pressure the provider grew.
+        target, how, knee = state.limit + 1, "probing past the knee", None
     else:
         # Slow near the knee, doubling while latency stays flat (the provider grew), but never
         # faster than slow start.
@@ -407,7 +453,8 @@ def _grow(
     new = max(state.limit, min(caps))
     if new == state.limit:
         return Decision(replace(state, probe_streak=0))
-    streak = min(state.probe_streak + 1, _MAX_STREAK) if state.phase == "avoidance" else 0
-    grown = replace(state, limit=new, last_up_at=now, probe_streak=streak)
+    doubling = state.phase == "avoidance" and state.knee is None
+    streak = min(state.probe_streak + 1, _MAX_STREAK) if doubling and knee is None else 0
+    grown = replace(state, limit=new, last_up_at=now, probe_streak=streak, knee=knee)
     latency = f"p50 {window.latency_p50:.3g}s, " if window.latency_p50 is not None else ""
     return Decision(grown, f"{how}: {latency}{window.pending} pending: {state.limit} → {new}")

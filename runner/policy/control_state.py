@@ -40,6 +40,7 @@ class ControllerConfig:
     min_samples: int = 5  # completions a window needs before its p50 counts
     min_utilization: float = 0.75  # grow only while in_flight >= limit × this
     budget_horizon: float = 2.0  # windows the x-ratelimit budget must last to allow growth
+    knee_hold: int = 2  # healthy windows just under the knee before probing past it
     # --- queue-depth (the seed's rule) ---
     step: int = 5
     scale_up_interval: float = 60.0
@@ -70,6 +71,7 @@ class ControllerConfig:
             (self.min_samples >= 1, "min_samples must be >= 1"),
             (0 <= self.min_utilization <= 1, "min_utilization must be in [0, 1]"),
             (1 <= self.budget_horizon < math.inf, "budget_horizon must be >= 1"),
+            (self.knee_hold >= 0, "knee_hold must be >= 0"),
             (self.step >= 1, "step must be >= 1"),
             (
                 0 <= self.scale_up_interval < math.inf and 0 <= self.scale_down_interval < math.inf,
@@ -107,6 +109,12 @@ class ControllerState:
     last_decision_at: float | None = None
     strikes: Annotated[int, Field(ge=0)] = 0  # windows in a row that saw pressure
     probe_streak: Annotated[int, Field(ge=0)] = 0  # healthy growth windows in a row
+    # The limit at which the provider last pushed back: probing creeps up to it additively,
+    # passes it by one, and only then (no pressure: the provider grew) speeds up again.
+    knee: Annotated[int, Field(ge=1)] | None = None
+    # The highest limit that filled a window without pressure since then: a cut from above
+    # it stops there (the provider just proved it holds that much) instead of at ×0.7.
+    safe: Annotated[int, Field(ge=1)] | None = None
 
     def __post_init__(self) -> None:
         """A limit below one would stop the provider for good."""

@@ -625,3 +625,51 @@ def test_a_budget_resetting_in_no_time_does_not_bind() -> None:
         ratelimit_reset=5e-324,
     )
     assert decide(config, state, stats, WINDOW).limit == 80
+
+
+# --- near a hard edge: the knee and the last safe limit ------------------------------------------
+
+
+def _healthy(limit: int) -> WindowStats:
+    """A window that filled `limit` slots at flat latency with a deep queue, no pressure."""
+    return WindowStats(
+        elapsed=WINDOW, completions=limit * 10, in_flight=limit, pending=DEEP, latency_p50=0.3
+    )
+
+
+def test_a_cut_stops_at_the_last_limit_that_held() -> None:
+    """14 held a window; a 429 at 17 cuts back to 14, not to ⌊17 × 0.7⌋ = 11."""
+    config = cfg()
+    state = replace(initial_state(config, 0.0), limit=14, phase="avoidance")
+    state = decide(config, state, _healthy(14), 5.0).state
+    assert state.safe == 14
+    state = replace(state, limit=17)
+    cut = on_pressure(config, state, "rate_limited", 1.0, 6.0).state
+    assert (cut.limit, cut.knee) == (14, 17)
+    again = on_pressure(config, cut, "rate_limited", 1.0, 6.0 + WINDOW).state
+    assert again.limit == 9  # pressure at the safe limit itself: it no longer holds
+    assert again.safe is None
+
+
+def test_probing_closes_half_the_gap_to_the_knee_holds_then_passes_it() -> None:
+    """From 10 under a knee of 30: 20, 25, 27, 28, 29, hold knee_hold windows, 30, then +10 %."""
+    config = cfg(knee_hold=2)
+    state = replace(initial_state(config, 0.0), limit=10, phase="avoidance", knee=30)
+    limits = []
+    now = 0.0
+    for _ in range(9):
+        now += WINDOW
+        state = decide(config, state, _healthy(state.limit), now).state
+        limits.append(state.limit)
+    assert limits == [20, 25, 27, 28, 29, 29, 29, 30, 33]
+    assert state.knee is None  # passed without pressure: the provider grew, probing speeds up
+
+
+def test_a_hard_edge_is_found_with_few_429s() -> None:
+    """12 slots + 3 queued (429 past 15): from 10, a handful of 429 windows in 40, none below 12."""
+    toy = ToyProvider(capacity=12, service=0.3, queue=3)
+    trace = drive(cfg(), toy, 40)
+    pressured = sum(1 for r in trace.rejected if r)
+    assert pressured <= 6, trace.limits
+    assert min(trace.limits[2:]) >= 12, trace.limits
+    assert sum(trace.completions[2:]) >= 0.9 * toy.best() * 38
