@@ -248,6 +248,10 @@ def _adaptive(
     state = replace(state, strikes=0)
     if window.in_flight >= state.limit * config.min_utilization and window.completions:
         state = replace(state, safe=max(state.safe or 0, state.limit))  # held, no pressure
+    if state.knee is not None and _quiet_for(state, now) >= config.knee_expiry * config.window:
+        # No pressure for a while: the edge learned back then may have moved (capacity came
+        # back). Probe by doubling again rather than creeping up to a stale knee.
+        state = replace(state, knee=None, probe_streak=0)
     if rebased:
         # The knee found so far was measured against the old speed: look for it again.
         state = replace(state, phase="slow-start", knee=None)
@@ -412,6 +416,11 @@ def _budget(config: ControllerConfig, limit: int, window: WindowStats) -> _Budge
 
     horizon = config.window * config.budget_horizon
     return _Budget(lasting(config.window), lasting(horizon), remaining, refill, sent)
+
+
+def _quiet_for(state: ControllerState, now: float) -> float:
+    """Seconds since the last cut (the last pressure that moved the limit); 0 if none known."""
+    return now - state.last_cut_at if state.last_cut_at is not None else 0.0
 
 
 def _grow(

@@ -41,6 +41,7 @@ class ControllerConfig:
     min_utilization: float = 0.75  # grow only while in_flight >= limit × this
     budget_horizon: float = 2.0  # windows the x-ratelimit budget must last to allow growth
     knee_hold: int = 2  # healthy windows just under the knee before probing past it
+    knee_expiry: int = 4  # windows without pressure after which a knee is stale (it moved)
     # --- queue-depth (the seed's rule) ---
     step: int = 5
     scale_up_interval: float = 60.0
@@ -72,6 +73,7 @@ class ControllerConfig:
             (0 <= self.min_utilization <= 1, "min_utilization must be in [0, 1]"),
             (1 <= self.budget_horizon < math.inf, "budget_horizon must be >= 1"),
             (self.knee_hold >= 0, "knee_hold must be >= 0"),
+            (self.knee_expiry >= 1, "knee_expiry must be >= 1"),
             (self.step >= 1, "step must be >= 1"),
             (
                 0 <= self.scale_up_interval < math.inf and 0 <= self.scale_down_interval < math.inf,

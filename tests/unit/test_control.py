@@ -665,6 +665,22 @@ def test_probing_closes_half_the_gap_to_the_knee_holds_then_passes_it() -> None:
     assert state.knee is None  # passed without pressure: the provider grew, probing speeds up
 
 
+def test_a_knee_goes_stale_after_quiet_windows_and_probing_speeds_up() -> None:
+    """Capacity came back: knee_expiry windows after the last cut the knee is forgotten."""
+    config = cfg(knee_hold=2, knee_expiry=4)
+    state = replace(
+        initial_state(config, 0.0), limit=10, phase="avoidance", knee=30, last_cut_at=0.0
+    )
+    knees, now = [], 0.0
+    for _ in range(5):
+        now += WINDOW
+        state = decide(config, state, _healthy(state.limit), now).state
+        knees.append(state.knee)
+    # Windows 1-3 creep toward the old knee; at 4 × WINDOW of quiet it is dropped.
+    assert knees[:3] == [30, 30, 30] and knees[3:] == [None, None]
+    assert state.limit > 29  # doubling probes, no more holding under a stale edge
+
+
 def test_a_hard_edge_is_found_with_few_429s() -> None:
     """12 slots + 3 queued (429 past 15): from 10, a handful of 429 windows in 40, none below 12."""
     toy = ToyProvider(capacity=12, service=0.3, queue=3)
