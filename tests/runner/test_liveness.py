@@ -119,6 +119,12 @@ async def test_a_restart_under_the_same_id_releases_the_old_rows_and_goes_idle(
         first = await anyio.open_process(runner_command("--executor-id", "same"), env=env)
         try:
             await wait_until(lambda: holds(engine, "same", 6))
+
+            async def all_sent() -> bool:
+                # Claimed is not yet sent: kill only once every request reached the sim.
+                return len((await sim_stats(sim))["by_key"]) == 6
+
+            await wait_until(all_sent)
             first.send_signal(signal.SIGKILL)
         finally:
             await finish(first)
