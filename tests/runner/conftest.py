@@ -11,6 +11,7 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from anyio.abc import Process
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -212,3 +213,20 @@ async def assert_counters_consistent(engine: AsyncEngine) -> None:
                     else "partial"
                 )
                 assert row["status"] == expected, dict(row)
+
+
+async def scalar(engine: AsyncEngine, sql: str) -> Any:
+    """One value."""
+    async with engine.connect() as connection:
+        return await connection.scalar(text(sql))
+
+
+async def finish(process: Process, timeout: float = 60) -> int:
+    """Wait for a runner process to exit; kill it if it overstays."""
+    try:
+        with anyio.fail_after(timeout):
+            return await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

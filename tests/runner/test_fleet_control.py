@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.runner.conftest import (
+    finish,
     process_env,
     runner_command,
     runner_settings,
@@ -29,17 +30,6 @@ from workers.sim.app import RunningSim
 pytestmark = pytest.mark.anyio
 
 RUNNERS = 3
-
-
-async def finish(process: Process, timeout: float = 60) -> int:
-    """Wait for a runner process to exit; kill it if it overstays."""
-    try:
-        with anyio.fail_after(timeout):
-            return await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def start_runners(env: dict[str, str], *args: str) -> list[Process]:

@@ -9,15 +9,16 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.runner.conftest import (
     assert_counters_consistent,
+    finish,
     process_env,
     runner_command,
     runner_settings,
+    scalar,
     sim_stats,
     status_counts,
     submit,
@@ -25,23 +26,6 @@ from tests.runner.conftest import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-async def scalar(engine: AsyncEngine, sql: str) -> Any:
-    """One value."""
-    async with engine.connect() as connection:
-        return await connection.scalar(text(sql))
-
-
-async def finish(process: Process, timeout: float = 60) -> int:
-    """Wait for a runner process to exit; kill it if it overstays."""
-    try:
-        with anyio.fail_after(timeout):
-            return await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_two_runners_complete_each_subtask_exactly_once_in_priority_order(
