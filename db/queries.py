@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -203,55 +203,11 @@ def jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-# A provider's limit is fleet-wide: every claim for it first locks its row, so claims for one
-# provider take turns, and counts what is in flight in a new statement (a new snapshot, taken
-# after the lock: it sees the claims committed before ours).
-LOCK_PROVIDER = text(
-    """
-    SELECT "limit", rpm, tokens,
-           greatest(0, extract(epoch FROM cooldown_until - now())) AS cooldown,
-           extract(epoch FROM now() - tokens_at) AS since_refill
-    FROM providers WHERE name = :provider
-    FOR UPDATE
-    """
-)
-
-CLAIM = text(
-    """
-    WITH headroom AS (
-        SELECT greatest(0, least(CAST(:n AS int), CAST(:limit AS int) - count(*))) AS n
-        FROM subtasks WHERE status = 'processing' AND provider = :provider
-    ), picked AS (
-        SELECT id FROM subtasks
-        WHERE status = 'pending' AND pool = :pool AND provider = :provider
-          AND run_after <= now()
-        -- Priority first; within it the fair-share turn interleaves tasks.
-        ORDER BY priority DESC, turn, id
-        LIMIT (SELECT n FROM headroom)
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE subtasks s
-        SET status = 'processing', executor_id = :executor, attempts = s.attempts + 1,
-            lease_expires_at = now() + make_interval(secs => :lease),
-            started_at = coalesce(s.started_at, now()), updated_at = now()
-        FROM picked WHERE s.id = picked.id
-        RETURNING s.id, s.task_id, s.ordinal, s.pool, s.prompt, s.params, s.attempts,
-                  s.retry_count, s.deferrals, s.external_id, s.provider
-    ), started AS (
-        UPDATE tasks SET status = 'running', started_at = now()
-        WHERE id IN (SELECT task_id FROM claimed) AND status = 'pending'
-    )
-    -- One row even when nothing was claimed: the headroom says whether the limit bound us.
-    SELECT h.n AS headroom, c.*, t.max_retries
-    FROM headroom h
-    LEFT JOIN (claimed c JOIN tasks t ON t.id = c.task_id) ON true
-    ORDER BY c.id
-    """
-)
-
-SPEND_TOKENS = text(
-    "UPDATE providers SET tokens = :tokens, tokens_at = now() WHERE name = :provider"
-)
+# The claim is one server-side call, imgrun_claim() (its body is in
+# migrations/versions/0006_claim_function.py): it locks the provider's row (claims for one
+# provider take turns), skips a provider in cooldown, spends its rpm tokens, and claims within
+# its fleet-wide limit counted after the lock. One round trip, in autocommit.
+CLAIM_CALL = "SELECT * FROM imgrun_claim($1, $2, $3, $4, $5)"
 
 
 async def claim(
@@ -263,45 +219,31 @@ async def claim(
     lease: float,
 ) -> ClaimBatch:
     """Lease up to `n` due subtasks of `pool` for `provider`, within its fleet-wide limit."""
-    async with engine.begin() as connection:
-        bounds = (await connection.execute(LOCK_PROVIDER, {"provider": provider})).one_or_none()
-        if bounds is None:
-            return ClaimBatch([])  # not registered yet: the runner registers it at start
-        if bounds.cooldown > 0:
-            return ClaimBatch([], cooldown=float(bounds.cooldown))
-        want, tokens = n, None
-        if bounds.rpm is not None:
-            tokens = _refilled(bounds.rpm, bounds.tokens, bounds.since_refill)
-            want = min(n, math.floor(tokens))
-        params = {
-            "pool": pool,
-            "provider": provider,
-            "n": want,
-            "limit": bounds.limit,
-            "executor": executor_id,
-            "lease": lease,
-        }
-        result = (await connection.execute(CLAIM, params)).mappings().all()
-        headroom = int(result[0]["headroom"])
-        rows = [_claimed(row) for row in result if row["id"] is not None]
-        if tokens is not None:
-            await connection.execute(
-                SPEND_TOKENS, {"provider": provider, "tokens": tokens - len(rows)}
-            )
-        return ClaimBatch(rows, at_limit=headroom < n)
+    async with engine.connect() as connection:
+        records = await _fetch_raw(connection, CLAIM_CALL, pool, provider, n, executor_id, lease)
+    if not records:
+        return ClaimBatch([])  # not registered yet: the runner registers it at start
+    first = records[0]
+    if first["cooldown"] > 0:
+        return ClaimBatch([], cooldown=float(first["cooldown"]))
+    # Positional: the function's columns after (headroom, cooldown) are ClaimedSubtask's.
+    rows = [ClaimedSubtask(*record[2:]) for record in records if record["id"] is not None]
+    return ClaimBatch(rows, at_limit=first["headroom"] < n)
 
 
-def _claimed(row: Any) -> ClaimedSubtask:
-    return ClaimedSubtask(**{k: v for k, v in row.items() if k != "headroom"})
-
-
-def _refilled(rpm: int, tokens: float | None, since: float | None) -> float:
-    """The rpm bucket's tokens now: it refills rpm/60 a second up to one second's worth."""
-    rate = rpm / 60
-    capacity = max(1.0, rate)
-    if tokens is None or since is None:
-        return capacity
-    return min(capacity, tokens + max(0.0, float(since)) * rate)
+async def _fetch_raw(connection: AsyncConnection, query: str, *args: Any) -> list[Any]:
+    """One statement straight on asyncpg (its prepared-statement cache, no transaction)."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    try:
+        return list(await driver.fetch(query, *args))
+    except BaseException as exc:
+        # SQLAlchemy never saw this statement: tell its pool when the connection is no longer
+        # fit for use (lost, or cut off mid-statement); an error the server reported is not.
+        if driver.is_closed() or not isinstance(exc, asyncpg.PostgresError):
+            await connection.invalidate()
+        raise
 
 
 APPLY_OUTCOMES = text(
