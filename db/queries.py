@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -349,18 +350,33 @@ async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> li
     """
     if not outcomes:
         return []
-    # One statement is one transaction: autocommit spares the BEGIN and COMMIT round trips.
-    # A requeue's wake-up then follows the commit instead of riding on it.
+    # One statement is one transaction: run alone (autocommit) it needs no BEGIN and COMMIT
+    # round trips. A requeue's wake-up then follows the commit instead of riding on it.
+    params = _outcome_params(outcomes)
     async with engine.connect() as connection:
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        return await _apply(autocommit, outcomes)
+        rows = await _fetch_raw(
+            connection, APPLY_OUTCOMES_RAW, *(params[name] for name in _OUTCOME_PARAMS)
+        )
+        for pool, requeued, _ in rows:
+            if pool is not None and requeued:
+                await _fetch_raw(connection, "SELECT pg_notify($1, $2)", WAKE_CHANNEL, pool)
+    return sorted(int(i) for _, _, ids in rows for i in ids)
 
 
 async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> list[int]:
     """APPLY_OUTCOMES within the caller's transaction; wakes the pools it requeued to."""
     if not outcomes:
         return []
-    params = {
+    rows = (await connection.execute(APPLY_OUTCOMES, _outcome_params(outcomes))).all()
+    for pool, requeued, _ in rows:
+        if pool is not None and requeued:
+            await _wake(connection, pool)
+    return sorted(int(i) for _, _, ids in rows for i in ids)
+
+
+def _outcome_params(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    """APPLY_OUTCOMES's arrays, one per column."""
+    return {
         "ids": [o.subtask_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
         "kinds": [o.kind for o in outcomes],
@@ -370,11 +386,15 @@ async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> li
         "delays": [o.delay for o in outcomes],
         "resets": [o.reset_job for o in outcomes],
     }
-    rows = (await connection.execute(APPLY_OUTCOMES, params)).all()
-    for pool, requeued, _ in rows:
-        if pool is not None and requeued:
-            await _wake(connection, pool)
-    return sorted(int(i) for _, _, ids in rows for i in ids)
+
+
+# The same statement for asyncpg itself: `:name` becomes `$n` in this order (`::` casts stay).
+_OUTCOME_PARAMS = ("ids", "attempts", "kinds", "executors", "results", "errors", "delays", "resets")
+APPLY_OUTCOMES_RAW = re.sub(
+    r"(?<![:\w]):(\w+)",
+    lambda m: f"${_OUTCOME_PARAMS.index(m.group(1)) + 1}",
+    APPLY_OUTCOMES.text,
+)
 
 
 async def _wake(connection: Any, pool: str) -> None:
