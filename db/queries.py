@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import anyio
 import asyncpg
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -243,7 +244,12 @@ async def _fetch_raw(connection: AsyncConnection, query: str, *args: Any) -> lis
         # SQLAlchemy never saw this statement: tell its pool when the connection is no longer
         # fit for use (lost, or cut off mid-statement); an error the server reported is not.
         if driver.is_closed() or not isinstance(exc, asyncpg.PostgresError):
-            await connection.invalidate()
+            with anyio.CancelScope(shield=True):  # also when cut off by a cancellation
+                await connection.invalidate()
+        if driver.is_closed() and not isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+            # A pooled connection the server dropped ("connection is closed", an interface
+            # error): the same transient loss SQLAlchemy reports, so callers retry it.
+            raise asyncpg.ConnectionDoesNotExistError(str(exc)) from exc
         raise
 
 
