@@ -20,10 +20,6 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# plan_cache_mode: plpgsql caches its statements' plans, and after five calls may keep a
-# generic one; on a 200,000-row backlog that plan made claims ever slower as the queue
-# drained (last tenth at 0.5-0.7x the first). Planning each call costs ~8 us of server CPU
-# per subtask at 100 rows a claim and holds the rate steady (bench.backlog: 1.17).
 # No row at all: the provider is not registered. Otherwise the claimed rows in id order, each
 # with the headroom (rows the limit and rpm budget allowed, at most n) and the cooldown left;
 # one row with a NULL id when nothing was claimed.
@@ -34,7 +30,7 @@ CREATE OR REPLACE FUNCTION imgrun_claim(
     headroom int, cooldown float8, id bigint, task_id bigint, ordinal int, pool text,
     prompt text, params jsonb, attempts int, retry_count int, deferrals int,
     external_id text, provider text, max_retries int
-) LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_custom_plan AS $$
+) LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
     b record;
