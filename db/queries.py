@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import anyio
+import asyncpg
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -203,57 +205,11 @@ def jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-# A provider's limit is fleet-wide: every claim for it first locks its row, so claims for one
-# provider take turns, and counts what is in flight in a new statement (a new snapshot, taken
-# after the lock: it sees the claims committed before ours).
-LOCK_PROVIDER = text(
-    """
-    SELECT "limit", rpm, tokens,
-           greatest(0, extract(epoch FROM cooldown_until - now())) AS cooldown,
-           extract(epoch FROM now() - tokens_at) AS since_refill
-    FROM providers WHERE name = :provider
-    FOR UPDATE
-    """
-)
-
-CLAIM = text(
-    """
-    WITH headroom AS (
-        SELECT greatest(0, least(CAST(:n AS int), CAST(:limit AS int) - count(*))) AS n
-        FROM subtasks WHERE status = 'processing' AND provider = :provider
-    ), picked AS (
-        SELECT id FROM subtasks
-        WHERE status = 'pending' AND pool = :pool AND provider = :provider
-          AND run_after <= now()
-        -- Priority first; within it the fair-share turn interleaves tasks.
-        ORDER BY priority DESC, turn, id
-        LIMIT (SELECT n FROM headroom)
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE subtasks s
-        SET status = 'processing', executor_id = :executor, attempts = s.attempts + 1,
-            lease_expires_at = now() + make_interval(secs => :lease),
-            started_at = coalesce(s.started_at, now()), updated_at = now()
-        -- An id list, not a join: the planner cannot size "picked" (its LIMIT is a subquery)
-        -- and would hash-join it against a sequential scan of every subtask.
-        WHERE s.id = ANY(ARRAY(SELECT id FROM picked))
-        RETURNING s.id, s.task_id, s.ordinal, s.pool, s.prompt, s.params, s.attempts,
-                  s.retry_count, s.deferrals, s.external_id, s.provider
-    ), started AS (
-        UPDATE tasks SET status = 'running', started_at = now()
-        WHERE id IN (SELECT task_id FROM claimed) AND status = 'pending'
-    )
-    -- One row even when nothing was claimed: the headroom says whether the limit bound us.
-    SELECT h.n AS headroom, c.*, t.max_retries
-    FROM headroom h
-    LEFT JOIN (claimed c JOIN tasks t ON t.id = c.task_id) ON true
-    ORDER BY c.id
-    """
-)
-
-SPEND_TOKENS = text(
-    "UPDATE providers SET tokens = :tokens, tokens_at = now() WHERE name = :provider"
-)
+# The claim is one server-side call, imgrun_claim() (its body is in
+# migrations/versions/0006_claim_function.py): it locks the provider's row (claims for one
+# provider take turns), skips a provider in cooldown, spends its rpm tokens, and claims within
+# its fleet-wide limit counted after the lock. One round trip, in autocommit.
+CLAIM_CALL = "SELECT * FROM imgrun_claim($1, $2, $3, $4, $5)"
 
 
 async def claim(
@@ -265,45 +221,36 @@ async def claim(
     lease: float,
 ) -> ClaimBatch:
     """Lease up to `n` due subtasks of `pool` for `provider`, within its fleet-wide limit."""
-    async with engine.begin() as connection:
-        bounds = (await connection.execute(LOCK_PROVIDER, {"provider": provider})).one_or_none()
-        if bounds is None:
-            return ClaimBatch([])  # not registered yet: the runner registers it at start
-        if bounds.cooldown > 0:
-            return ClaimBatch([], cooldown=float(bounds.cooldown))
-        want, tokens = n, None
-        if bounds.rpm is not None:
-            tokens = _refilled(bounds.rpm, bounds.tokens, bounds.since_refill)
-            want = min(n, math.floor(tokens))
-        params = {
-            "pool": pool,
-            "provider": provider,
-            "n": want,
-            "limit": bounds.limit,
-            "executor": executor_id,
-            "lease": lease,
-        }
-        result = (await connection.execute(CLAIM, params)).mappings().all()
-        headroom = int(result[0]["headroom"])
-        rows = [_claimed(row) for row in result if row["id"] is not None]
-        if tokens is not None:
-            await connection.execute(
-                SPEND_TOKENS, {"provider": provider, "tokens": tokens - len(rows)}
-            )
-        return ClaimBatch(rows, at_limit=headroom < n)
+    async with engine.connect() as connection:
+        records = await _fetch_raw(connection, CLAIM_CALL, pool, provider, n, executor_id, lease)
+    if not records:
+        return ClaimBatch([])  # not registered yet: the runner registers it at start
+    first = records[0]
+    if first["cooldown"] > 0:
+        return ClaimBatch([], cooldown=float(first["cooldown"]))
+    # Positional: the function's columns after (headroom, cooldown) are ClaimedSubtask's.
+    rows = [ClaimedSubtask(*record[2:]) for record in records if record["id"] is not None]
+    return ClaimBatch(rows, at_limit=first["headroom"] < n)
 
 
-def _claimed(row: Any) -> ClaimedSubtask:
-    return ClaimedSubtask(**{k: v for k, v in row.items() if k != "headroom"})
-
-
-def _refilled(rpm: int, tokens: float | None, since: float | None) -> float:
-    """The rpm bucket's tokens now: it refills rpm/60 a second up to one second's worth."""
-    rate = rpm / 60
-    capacity = max(1.0, rate)
-    if tokens is None or since is None:
-        return capacity
-    return min(capacity, tokens + max(0.0, float(since)) * rate)
+async def _fetch_raw(connection: AsyncConnection, query: str, *args: Any) -> list[Any]:
+    """One statement straight on asyncpg (its prepared-statement cache, no transaction)."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    try:
+        return list(await driver.fetch(query, *args))
+    except BaseException as exc:
+        # SQLAlchemy never saw this statement: tell its pool when the connection is no longer
+        # fit for use (lost, or cut off mid-statement); an error the server reported is not.
+        if driver.is_closed() or not isinstance(exc, asyncpg.PostgresError):
+            with anyio.CancelScope(shield=True):  # also when cut off by a cancellation
+                await connection.invalidate()
+        if driver.is_closed() and not isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+            # A pooled connection the server dropped ("connection is closed", an interface
+            # error): the same transient loss SQLAlchemy reports, so callers retry it.
+            raise asyncpg.ConnectionDoesNotExistError(str(exc)) from exc
+        raise
 
 
 APPLY_OUTCOMES = text(
@@ -409,18 +356,33 @@ async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> li
     """
     if not outcomes:
         return []
-    # One statement is one transaction: autocommit spares the BEGIN and COMMIT round trips.
-    # A requeue's wake-up then follows the commit instead of riding on it.
+    # One statement is one transaction: run alone (autocommit) it needs no BEGIN and COMMIT
+    # round trips. A requeue's wake-up then follows the commit instead of riding on it.
+    params = _outcome_params(outcomes)
     async with engine.connect() as connection:
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        return await _apply(autocommit, outcomes)
+        rows = await _fetch_raw(
+            connection, APPLY_OUTCOMES_RAW, *(params[name] for name in _OUTCOME_PARAMS)
+        )
+        for pool, requeued, _ in rows:
+            if pool is not None and requeued:
+                await _fetch_raw(connection, "SELECT pg_notify($1, $2)", WAKE_CHANNEL, pool)
+    return sorted(int(i) for _, _, ids in rows for i in ids)
 
 
 async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> list[int]:
     """APPLY_OUTCOMES within the caller's transaction; wakes the pools it requeued to."""
     if not outcomes:
         return []
-    params = {
+    rows = (await connection.execute(APPLY_OUTCOMES, _outcome_params(outcomes))).all()
+    for pool, requeued, _ in rows:
+        if pool is not None and requeued:
+            await _wake(connection, pool)
+    return sorted(int(i) for _, _, ids in rows for i in ids)
+
+
+def _outcome_params(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    """APPLY_OUTCOMES's arrays, one per column."""
+    return {
         "ids": [o.subtask_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
         "kinds": [o.kind for o in outcomes],
@@ -430,11 +392,15 @@ async def _apply(connection: AsyncConnection, outcomes: Sequence[Outcome]) -> li
         "delays": [o.delay for o in outcomes],
         "resets": [o.reset_job for o in outcomes],
     }
-    rows = (await connection.execute(APPLY_OUTCOMES, params)).all()
-    for pool, requeued, _ in rows:
-        if pool is not None and requeued:
-            await _wake(connection, pool)
-    return sorted(int(i) for _, _, ids in rows for i in ids)
+
+
+# The same statement for asyncpg itself: `:name` becomes `$n` in this order (`::` casts stay).
+_OUTCOME_PARAMS = ("ids", "attempts", "kinds", "executors", "results", "errors", "delays", "resets")
+APPLY_OUTCOMES_RAW = re.sub(
+    r"(?<![:\w]):(\w+)",
+    lambda m: f"${_OUTCOME_PARAMS.index(m.group(1)) + 1}",
+    APPLY_OUTCOMES.text,
+)
 
 
 async def _wake(connection: Any, pool: str) -> None:

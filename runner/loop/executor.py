@@ -37,6 +37,7 @@ from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
 
+REFILL_SHARE = 4  # refill once 1/REFILL_SHARE of the pool is free (see refill_at)
 AT_LIMIT_RETRY = 0.05  # seconds: a provider at its fleet limit frees slots as any runner finishes
 FINAL_FLUSH_TIMEOUT = 5.0  # seconds at exit to record what is left; leases cover the rest
 # The subtask whose attempt runs in this task: names it on errors its retries absorb.
@@ -51,6 +52,18 @@ Work = Callable[
 
 # A claimed row and the pool slot reserved for it.
 Reserved = tuple[ClaimedSubtask, object]
+
+
+def refill_at(limit: int, running: int) -> int:
+    """Free slots worth a claim: a share of the limit, or one when nothing is in flight.
+
+    Refilling a busy pool one slot at a time costs a claim per subtask; waiting for it to
+    empty runs claims and outcome flushes in lock-step. A quarter of the limit lets one
+    share's claim overlap the rest's work, and an idle pool still claims at once (latency).
+    """
+    if running == 0:
+        return 1
+    return max(1, limit // REFILL_SHARE)
 
 
 @dataclass(frozen=True)
@@ -248,7 +261,7 @@ class Executor:
         poll = self.settings.poll_interval
         while True:
             free = pool.free
-            if free == 0:
+            if free < refill_at(int(pool.limiter.total_tokens), pool.running):
                 await pool.wakeup.wait(poll)
                 continue
             claimed, wait = await self._claim(pool, free)
@@ -396,8 +409,7 @@ class Executor:
         self.observe(row.provider, pool.name, None, ratelimit=result.ratelimit)
         self.fleet.on_success(row.provider, elapsed, result.ratelimit)
         pool.record_completion(row, time.time())
-        self.metrics.completions.labels(pool.name, row.provider).inc()
-        self.metrics.latency.labels(pool.name, row.provider).observe(elapsed)
+        self.metrics.completed(pool.name, row.provider, elapsed)
         outcome = Outcome(
             row.id, row.attempts, "completed", self.executor_id, result=result.to_json()
         )

@@ -35,9 +35,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # (pool, provider) -> its completion counter and latency histogram: labels() resolves
+        # the children through a lock and a dict of tuples on every call, once per subtask.
+        self._per_provider: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.scaling = Counter(
             "imgrun_scaling_events", "Changes of a pool's limit", ["pool", "direction"], registry=r
         )
+
+    def completed(self, pool: str, provider: str, seconds: float) -> None:
+        """Count one completion of `provider` in `pool` and observe its latency."""
+        children = self._per_provider.get((pool, provider))
+        if children is None:
+            children = (
+                self.completions.labels(pool, provider),
+                self.latency.labels(pool, provider),
+            )
+            self._per_provider[(pool, provider)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_pools(self, snapshot: dict[str, Any]) -> None:
         """Set the pool gauges from an executor snapshot."""

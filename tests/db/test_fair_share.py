@@ -119,11 +119,14 @@ async def test_claim_and_first_turn_are_one_index_scan_without_sort(
     await claim_rows(store, "standard", 10, "r1", 60.0)
     async with engine.begin() as connection:
         await connection.execute(text("ANALYZE subtasks"))
+    # imgrun_claim()'s pick (migration 0006), as the function runs it: a generic plan, n a
+    # parameter. Written out here because a function body cannot be EXPLAINed.
     claim = await explain(
         engine,
-        queries.CLAIM.text,
-        {"n": 10, "limit": 1000, "provider": "sim", "pool": "standard", "executor": "r1"}
-        | {"lease": 60.0},
+        "SELECT id FROM subtasks WHERE status = 'pending' AND pool = :pool"
+        " AND provider = :provider AND run_after <= now()"
+        " ORDER BY priority DESC, turn, id LIMIT CAST(:n AS int) FOR UPDATE SKIP LOCKED",
+        {"n": 10, "provider": "sim", "pool": "standard"},
     )
     first_turn = await explain(
         engine,

@@ -357,7 +357,7 @@ async def test_limit_cut_during_a_claim_does_not_strand_claimed_rows(
                 waiting = await connection.scalar(
                     text(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
+                        " AND query LIKE '%imgrun_claim(%'"
                     )
                 )
             return bool(waiting)
