@@ -31,7 +31,8 @@ def stored_state(config: ControllerConfig, data: Mapping[str, Any], now: float) 
         return initial_state(config, now)
 
 
-def _change(decision: Decision, before: ControllerState) -> ControlChange:
+def _change(decision: Decision) -> ControlChange:
+    """A decision as the row stores it."""
     state = decision.state
     return ControlChange(state.to_json(), state.limit, state.cooldown_until, decision.reason)
 
@@ -49,7 +50,7 @@ def pressure_change(
     decision = on_pressure(config, before, signal, retry_after, now, sent_at=sent_at)
     if decision.state == before:
         return None
-    return _change(decision, before)
+    return _change(decision)
 
 
 def window_stats(window: ProviderWindow) -> WindowStats:
@@ -76,4 +77,4 @@ def window_change(
 ) -> ControlChange:
     """The end-of-window decision on the stored state."""
     before = stored_state(config, data, now)
-    return _change(decide(config, before, window_stats(window), now), before)
+    return _change(decide(config, before, window_stats(window), now))
