@@ -19,9 +19,10 @@ import anyio
 
 from db.ports import FleetStore
 from db.records import ProviderBounds, ProviderReport
+from runner.loop.signals import SignalCounts
+from runner.policy.classify import Signal as SignalKind
 from runner.policy.control import ControllerConfig, Signal, initial_state
 from runner.policy.fleet_rules import pressure_change, window_change
-from workers.budget import lowest
 from workers.headers import RateLimitInfo
 
 log = logging.getLogger(__name__)
@@ -32,30 +33,25 @@ LATENCY_SAMPLE = 256  # latencies kept per report: the median needs no more
 
 @dataclass
 class _Counts:
+    """What this runner saw of one provider since its last report."""
+
     completions: int = 0
-    rate_limited: int = 0
-    unavailable: int = 0
-    timeouts: int = 0
-    server_errors: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLE))
-    ratelimit: RateLimitInfo | None = None  # the tightest budget seen
+    signals: SignalCounts = field(default_factory=SignalCounts)  # 429/503/timeouts/5xx, budget
 
     def report(self, provider: str) -> ProviderReport:
-        budget = self.ratelimit
-        remaining = budget.remaining if budget else None
-        limit = budget.limit if budget else None
-        reset = budget.reset if budget else None
+        signals = self.signals
         return ProviderReport(
             provider,
             self.completions,
-            self.rate_limited,
-            self.unavailable,
-            self.timeouts,
-            self.server_errors,
+            signals.rate_limited,
+            signals.unavailable,
+            signals.timeouts,
+            signals.server_errors,
             tuple(self.latencies),
-            remaining,
-            limit,
-            reset,
+            signals.ratelimit_remaining,
+            signals.ratelimit_limit,
+            signals.ratelimit_reset,
         )
 
 
@@ -129,12 +125,12 @@ class Fleet:
         control.counts.completions += 1
         if math.isfinite(latency) and latency >= 0:
             control.counts.latencies.append(latency)
-        self._ratelimit(control, ratelimit)
+        control.counts.signals.note(ratelimit)
 
     def on_signal(
         self,
         provider: str,
-        signal: Signal | str,
+        signal: SignalKind,
         retry_after: float | None = None,
         sent_at: float | None = None,
         ratelimit: RateLimitInfo | None = None,
@@ -143,25 +139,15 @@ class Fleet:
         control = self.providers.get(provider)
         if control is None:
             return
-        counts = control.counts
-        self._ratelimit(control, ratelimit)
-        if signal == "rate_limited":
-            counts.rate_limited += 1
-        elif signal == "unavailable":
-            counts.unavailable += 1
-        elif signal == "timeout":
-            counts.timeouts += 1
-        else:
-            counts.server_errors += 1
-            return
+        signals = control.counts.signals
+        signals.note(ratelimit)
+        signals.count(signal)
+        if signal == "server_error":
+            return  # counted for the window, but not pressure
         waiting = control.pressure
         if waiting is None or (retry_after or 0) > (waiting.retry_after or 0):
-            control.pressure = _Pressure(signal, retry_after, sent_at)  # type: ignore[arg-type]
+            control.pressure = _Pressure(signal, retry_after, sent_at)
         control.wake.set()
-
-    @staticmethod
-    def _ratelimit(control: ProviderControl, ratelimit: RateLimitInfo | None) -> None:
-        control.counts.ratelimit = lowest(control.counts.ratelimit, ratelimit)
 
     # --- the loops ----------------------------------------------------------------
 
