@@ -23,14 +23,18 @@ async def run_standard(
 ) -> WorkResult:
     """Generate and store the subtask's images within `timeout` s; ProviderErrors propagate."""
     # One deadline for every try of the request and every image download, whatever each
-    # request's own timeout would allow (None: no deadline of our own).
+    # request's own timeout would allow. None: the caller keeps the deadline (the runner's
+    # crew does, without a timer per attempt).
     started = time.perf_counter()
     images: list[bytes] | None = None
     with budget.tracking() as seen:
-        with anyio.move_on_after(timeout):
+        if timeout is None:
             images = await provider.generate(request)
-        if images is None:
-            raise ProviderTimeout(f"generate: no images within the attempt's {timeout:g}s")
+        else:
+            with anyio.move_on_after(timeout):
+                images = await provider.generate(request)
+            if images is None:
+                raise ProviderTimeout(f"generate: no images within the attempt's {timeout:g}s")
     # Wrong count: retried (TransientError), as any malformed response is.
     expect_images(provider, request, len(images), "generate", TransientError)
     provider_ms = (time.perf_counter() - started) * 1000

@@ -91,11 +91,11 @@ class ImageStore:
         self, task_id: int, subtask_id: int, attempt: int, images: list[bytes]
     ) -> list[StoredImage]:
         """Write one attempt's images (in a worker thread) and describe them."""
+        if not images:
+            return []
         folder = self.root / str(_id(task_id, "task_id"))
         subtask = _id(subtask_id, "subtask_id")
         attempt = _id(attempt, "attempt")
-        if not images:
-            return []
         return await anyio.to_thread.run_sync(self._write_all, folder, subtask, attempt, images)
 
     def _write_all(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -19,6 +20,7 @@ from db.ports import RunnerStore
 from db.records import ClaimedSubtask, ErrorRecord, Outcome
 from runner.config import PoolConfig, RunnerSettings
 from runner.loop import duties
+from runner.loop.crew import Crew, Shift
 from runner.loop.fleet import Fleet
 from runner.loop.journal import Journal
 from runner.loop.metrics import Metrics
@@ -31,8 +33,9 @@ from runner.policy.classify import Attempt, Signal, classify, recovered_error, s
 from runner.policy.fingerprint import redact
 from runner.policy.scaling import Decision, PressureKind
 from runner.spec.params import image_request
-from workers.errors import Canceled, ProviderError, RateLimited
+from workers.errors import Canceled, ProviderError, ProviderTimeout, RateLimited
 from workers.headers import RateLimitInfo
+from workers.kinds import pool_kind
 from workers.types import ImageRequest, WorkResult
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ Work = Callable[
 ]
 
 # A claimed row and the pool slot reserved for it.
-Reserved = tuple[ClaimedSubtask, object]
+Claimed = tuple[ClaimedSubtask, object]
 
 
 def refill_at(limit: int, running: int) -> int:
@@ -64,6 +67,11 @@ def refill_at(limit: int, running: int) -> int:
     if running == 0:
         return 1
     return max(1, limit // REFILL_SHARE)
+
+
+def attempt_timeout(pool: Pool) -> float | None:
+    """The deadline the pool's crew puts on an attempt: a polling pool's worker keeps its own."""
+    return None if pool_kind(pool.name).polls else pool.config.timeout
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,11 @@ class Executor:
         self.settings = settings
         self.clock = clock
         self.pools = {name: Pool(name, config, clock()) for name, config in pools.items()}
+        # pool -> its workers: a claimed subtask runs on one of them
+        self.crews: dict[str, Crew[Claimed]] = {
+            name: Crew(functools.partial(self._run_one, pool), attempt_timeout(pool))
+            for name, pool in self.pools.items()
+        }
         self.work = work
         self.fleet = fleet
         # pool -> the providers this runner claims for in it (those it has a config for)
@@ -175,6 +188,9 @@ class Executor:
                     services.start_soon(self._resilient, duties.idle_loop, self)
                 async with anyio.create_task_group() as work:
                     self._work_group = work
+                    for crew in self.crews.values():
+                        if crew.timeout is not None:
+                            work.start_soon(crew.watch)
                     async with anyio.create_task_group() as claimers:
                         for pool in self.pools.values():
                             claimers.start_soon(self._resilient, self._claim_loop, pool)
@@ -182,6 +198,7 @@ class Executor:
                         claimers.cancel_scope.cancel()
                     await self._drain()
                     work.cancel_scope.cancel()
+                self._release_leftovers()
                 services.cancel_scope.cancel()
         finally:
             # Also when a second signal cancels everything: the journal keeps what is left.
@@ -269,11 +286,10 @@ class Executor:
                 return
             assert self._work_group is not None
             self.metrics.claims.labels(pool.name).inc(len(claimed))
+            crew = self.crews[pool.name]
             for row, token in claimed:
                 self._held[row.id] = row
-                self._work_group.start_soon(
-                    self._run_one, pool, row, self._releaser(pool, row, token)
-                )
+                crew.hand((row, token), self._work_group)
             if len(claimed) < free:
                 # Drained what is due: sleep until notified (new work, a freed slot) or poll.
                 self.idle_wakeup.notify()
@@ -332,18 +348,30 @@ class Executor:
 
     # --- running one subtask -------------------------------------------------
 
-    def _releaser(self, pool: Pool, row: ClaimedSubtask, token: object) -> Release:
-        """Frees a subtask's slot; called once its outcome is recorded."""
+    def _recorded(self, pool: Pool, row: ClaimedSubtask) -> Release:
+        """What to do once a finished subtask's outcome is recorded: it is no longer held."""
 
-        def release() -> None:
+        def recorded() -> None:
             self._held.pop(row.id, None)
-            pool.limiter.release_on_behalf_of(token)
-            pool.wakeup.notify()
+            pool.recorded()
             self.idle_wakeup.notify()
 
-        return release
+        return recorded
 
-    async def _run_one(self, pool: Pool, row: ClaimedSubtask, release: Release) -> None:
+    def _release_leftovers(self) -> None:
+        """Hand back the rows no worker started before the work group was cancelled."""
+        for crew in self.crews.values():
+            for row, token in crew.leftovers():
+                pool = self.pools[row.pool]
+                pool.finished(token)
+                self.recorder.record(
+                    Outcome(row.id, row.attempts, "release", self.executor_id),
+                    self._recorded(pool, row),
+                )
+
+    async def _run_one(self, pool: Pool, claimed: Claimed, shift: Shift) -> None:
+        row, token = claimed
+        release = self._recorded(pool, row)
         request = image_request(
             task_id=row.task_id,
             subtask_id=row.id,
@@ -359,14 +387,25 @@ class Executor:
             return row.task_id in self._canceled_tasks
 
         started = self.clock()
-        _RUNNING.set(row.id)  # this task's own context: one subtask per task
+        _RUNNING.set(row.id)  # this worker's own context: one subtask at a time
         try:
-            result = await self.work(row, request, on_submitted, should_stop)
+            try:
+                result = await self.work(row, request, on_submitted, should_stop)
+            finally:
+                # The slot is free for the next claim; the outcome waits to be recorded.
+                pool.finished(token)
         except anyio.get_cancelled_exc_class():
-            # Shutdown past the grace period: back to pending, attempt not counted.
-            self.recorder.record(
-                Outcome(row.id, row.attempts, "release", self.executor_id), release
-            )
+            if shift.timed_out:
+                # Past the attempt's deadline: the crew's watchdog cut it off.
+                timeout = ProviderTimeout(
+                    f"no result within the attempt's {pool.config.timeout:g}s"
+                )
+                self._on_failure(pool, row, timeout, release, traceback_text=None)
+            else:
+                # Shutdown past the grace period: back to pending, attempt not counted.
+                self.recorder.record(
+                    Outcome(row.id, row.attempts, "release", self.executor_id), release
+                )
             raise
         except Canceled:
             # The task was canceled while this attempt ran: stop here, nothing failed.

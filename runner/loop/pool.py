@@ -16,6 +16,9 @@ from runner.config import PoolConfig
 from runner.loop.rollup import CompletionRollup
 from runner.policy.scaling import Decision, PoolSignals, ScalingPolicy, make_policy
 
+# Finished subtasks waiting to be recorded may add this many pool limits' worth of rows held:
+# the next claim overlaps the flush, and a database that falls behind still stops the claims.
+UNRECORDED_LIMITS = 1
 HISTORY = 20  # scaling decisions kept for the status view
 LATENCY_SAMPLE = 1024  # latest latencies kept per window: p50 needs no more, memory stays flat
 
@@ -65,7 +68,11 @@ class Window:
 
 
 class Pool:
-    """A pool: `limiter.total_tokens` is the limit, `borrowed_tokens` the running count."""
+    """A pool: `limiter.total_tokens` is the limit, `borrowed_tokens` the running count.
+
+    A subtask's slot is freed when its attempt ends; until its outcome is recorded it is
+    counted in `unrecorded`, which bounds how far claims may run ahead of the database.
+    """
 
     def __init__(self, name: str, config: PoolConfig, now: float) -> None:
         self.name = name
@@ -74,6 +81,7 @@ class Pool:
         self.limiter = anyio.CapacityLimiter(self.policy.limit)
         self.wakeup = Wakeup()
         self.pending = 0
+        self.unrecorded = 0
         self.window = Window()
         self.history: deque[LimitChange] = deque(maxlen=HISTORY)
         # Wall clock, not `now` (monotonic): the status view lines runners' buckets up by it.
@@ -86,8 +94,23 @@ class Pool:
 
     @property
     def free(self) -> int:
-        """Slots to fill now (never negative after a cut below the running count)."""
-        return max(0, int(self.limiter.total_tokens) - self.running)
+        """Slots to fill now: free ones, while finished work waiting to be recorded allows."""
+        limit = int(self.limiter.total_tokens)
+        running = self.running
+        held = running + self.unrecorded
+        # Never negative after a cut below the running count.
+        return max(0, min(limit - running, (1 + UNRECORDED_LIMITS) * limit - held))
+
+    def finished(self, token: object) -> None:
+        """An attempt ended: free its slot; its outcome now waits to be recorded."""
+        self.limiter.release_on_behalf_of(token)
+        self.unrecorded += 1
+        self.wakeup.notify()
+
+    def recorded(self) -> None:
+        """A finished subtask's outcome is in the database."""
+        self.unrecorded -= 1
+        self.wakeup.notify()
 
     def apply(self, decision: Decision, wall_time: float) -> bool:
         """Adopt a policy decision; True if the limit changed."""

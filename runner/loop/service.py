@@ -147,12 +147,8 @@ def make_work(config: Config, providers: Providers, store: ImageStore) -> Work:
                 should_stop=should_stop,
                 on_absorbed=partial(providers.absorbed, row.provider, row.pool),
             )
-        return await run_standard(
-            providers.standard(row.provider),
-            store,
-            request,
-            timeout=config.pool(STANDARD.name).timeout,
-        )
+        # The attempt's deadline (the pool's timeout) is kept by the executor's crew.
+        return await run_standard(providers.standard(row.provider), store, request)
 
     return work
 

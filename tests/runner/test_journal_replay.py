@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.loop.journal import Journal
+from runner.loop.pool import UNRECORDED_LIMITS
 from runner.loop.service import serve
 from tests.runner.conftest import (
     assert_counters_consistent,
@@ -39,7 +40,10 @@ from workers.sim.app import RunningSim
 pytestmark = pytest.mark.anyio
 
 LIMIT = 5  # the standard pool, pinned
-N = 12  # subtasks
+# What the runner holds once the flush hangs: LIMIT finished and waiting to be recorded, and
+# as many more run meanwhile (a pool claims again while its outcomes wait, up to a bound).
+HELD = (1 + UNRECORDED_LIMITS) * LIMIT
+N = 12  # subtasks: more than HELD
 
 
 def settings(sim_url: str, grace: float) -> dict[str, Any]:
@@ -70,7 +74,7 @@ async def test_outcomes_unrecorded_at_shutdown_are_journaled_and_replayed(
     try:
 
         async def pool_done_and_stuck() -> bool:
-            return (await sim_stats(sim))["completed"] == LIMIT and await flush_hung(engine)
+            return (await sim_stats(sim))["completed"] == HELD and await flush_hung(engine)
 
         await wait_until(pool_done_and_stuck, timeout=30)
         runner.send_signal(signal.SIGTERM)
@@ -88,12 +92,12 @@ async def test_outcomes_unrecorded_at_shutdown_are_journaled_and_replayed(
     (path,) = (home / "journal").iterdir()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     journaled = Journal(home, "stuck", 0).load(path)
-    assert journaled is not None and len(journaled) == LIMIT
+    assert journaled is not None and len(journaled) == HELD
     assert {o.kind for o in journaled} == {"completed"}
     # Held under this process's holder: the id and its incarnation.
     assert {o.executor_id.split(":")[0] for o in journaled} == {"stuck"}
     # Nothing was recorded: those rows are still the dead runner's, leased for two minutes.
-    assert (await status_counts(engine)).get("processing") == LIMIT
+    assert (await status_counts(engine)).get("processing") == HELD
 
     # The database recovers; the next runner started on this home replays the journal first.
     await terminate_other_backends(engine)
@@ -103,7 +107,7 @@ async def test_outcomes_unrecorded_at_shutdown_are_journaled_and_replayed(
         runner_command("--executor-id", "next", "--until-idle"), env=env, check=False
     )
     assert second.returncode == 0, second.stderr.decode()[-2000:]
-    assert "replayed: 5 outcomes recorded, 0 dropped" in second.stderr.decode()
+    assert f"replayed: {HELD} outcomes recorded, 0 dropped" in second.stderr.decode()
     assert list((home / "journal").iterdir()) == []
 
     assert await status_counts(engine) == {"completed": N}
@@ -180,7 +184,7 @@ async def test_a_second_signal_exits_at_once_and_still_journals(
     try:
 
         async def pool_done_and_stuck() -> bool:
-            return (await sim_stats(sim))["completed"] == LIMIT and await flush_hung(engine)
+            return (await sim_stats(sim))["completed"] == HELD and await flush_hung(engine)
 
         await wait_until(pool_done_and_stuck, timeout=30)
         runner.send_signal(signal.SIGTERM)
@@ -198,6 +202,6 @@ async def test_a_second_signal_exits_at_once_and_still_journals(
     assert code == 0
     (path,) = (home / "journal").iterdir()
     journaled = Journal(home, "twice", 0).load(path)
-    assert journaled is not None and len(journaled) == LIMIT
+    assert journaled is not None and len(journaled) == HELD
     assert {o.kind for o in journaled} == {"completed"}
     await terminate_other_backends(engine)
