@@ -14,6 +14,7 @@ import asyncpg
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from db.lanes import Connects
 from db.models import Subtask, Task
 
 # Re-exported: the records were defined here first and callers import them from here.
@@ -213,7 +214,7 @@ CLAIM_CALL = "SELECT * FROM imgrun_claim($1, $2, $3, $4, $5)"
 
 
 async def claim(
-    engine: AsyncEngine,
+    engine: Connects,
     pool: str,
     provider: str,
     n: int,
@@ -348,7 +349,7 @@ APPLY_OUTCOMES = text(
 )
 
 
-async def apply_outcomes(engine: AsyncEngine, outcomes: Sequence[Outcome]) -> list[int]:
+async def apply_outcomes(engine: Connects, outcomes: Sequence[Outcome]) -> list[int]:
     """Record many attempts' outcomes in one transaction; returns the ids whose outcome stands.
 
     That is: applied by this call, or (a completion reported again) already recorded as is.

@@ -21,6 +21,7 @@ from db import (
     status_queries,
 )
 from db.api_queries import Submitted
+from db.lanes import Lane
 from db.outbox import OutboxEvent
 from db.ports import DecideLeases, DecideWindow, OnPressure, RetentionStore, RunnerStore, TaskStore
 from db.records import (
@@ -38,10 +39,30 @@ from db.status_queries import StatusRows
 
 
 class PgStore:
-    """Holds the engine; every method is one call into db.queries (one place for the SQL)."""
+    """Holds the engine; every method is one call into db.queries (one place for the SQL).
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    With `lanes`, claims (one lane per pool) and outcome flushes keep their connection checked
+    out between statements (db/lanes.py): a runner's hot path. `close()` gives them back.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, lanes: bool = False) -> None:
         self.engine = engine
+        self._use_lanes = lanes
+        self._lanes: dict[str, Lane] = {}
+
+    def _hot(self, name: str) -> AsyncEngine | Lane:
+        """Where the hot statement `name` runs: its lane, or the engine's pool."""
+        if not self._use_lanes:
+            return self.engine
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = Lane(self.engine)
+        return lane
+
+    async def close(self) -> None:
+        """Give the lanes' connections back to the pool."""
+        for lane in self._lanes.values():
+            await lane.close()
 
     # --- SubtaskLeases ---------------------------------------------------
 
@@ -49,7 +70,9 @@ class PgStore:
         self, pool: str, provider: str, n: int, executor_id: str, lease: float
     ) -> ClaimBatch:
         """Lease up to `n` due subtasks of `pool` for `provider` (SKIP LOCKED, fleet limit)."""
-        return await queries.claim(self.engine, pool, provider, n, executor_id, lease)
+        return await queries.claim(
+            self._hot(f"claim:{pool}"), pool, provider, n, executor_id, lease
+        )
 
     # --- FleetStore ------------------------------------------------------
 
@@ -79,7 +102,7 @@ class PgStore:
 
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record attempts' outcomes (fenced); returns the subtask ids whose outcome stands."""
-        return await queries.apply_outcomes(self.engine, outcomes)
+        return await queries.apply_outcomes(self._hot("outcomes"), outcomes)
 
     async def set_external_id(
         self, subtask_id: int, attempt: int, executor_id: str, external_id: str

@@ -1,7 +1,9 @@
-"""Finished attempts waiting to be recorded, each still holding its pool slot until it is.
+"""Finished attempts waiting to be recorded, each still counted by its pool until it is.
 
-Holding the slot is the backpressure: a runner whose database falls behind has no free
-slots, so it claims less instead of finishing work it cannot record (the backlog stall).
+That count is the backpressure: a pool claims at most one limit ahead of its outcomes
+waiting here (`Pool.unrecorded`), so a runner whose database falls behind claims less
+instead of finishing work it cannot record (the backlog stall), while a healthy one claims
+its next rows as the last ones are written.
 """
 
 from __future__ import annotations

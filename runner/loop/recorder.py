@@ -1,7 +1,7 @@
 """Finished attempts on their way to the database: buffered, flushed in bounded batches.
 
-A finished subtask keeps its pool slot until its outcome's transaction commits (see
-outcomes.py); the fence may drop a stale holder's outcome, whose image files are then
+A finished subtask counts against its pool's claims until its outcome's transaction
+commits (see outcomes.py); the fence may drop a stale holder's outcome, whose image files are then
 discarded; what a stopping runner cannot record goes to the journal, and the next start
 on the same home replays it.
 """

@@ -252,7 +252,7 @@ async def serve(
     """Run a runner until a signal (or idle, with `until_idle`); returns the executor."""
     store = ImageStore(output_dir(config, env))
     # Built first: a webhook whose secret variable is unset stops the start (exit 2).
-    database = PgStore(engine)
+    database = PgStore(engine, lanes=True)
     alerts = AlertDelivery.from_config(database, config, env)
     routes = config.routes()
     pools: dict[str, PoolConfig] = {name: config.pool(name) for name in routes}
@@ -286,6 +286,9 @@ async def serve(
                 group.start_soon(
                     _serve_metrics, executor, config.runner.metrics_host, config.runner.metrics_port
                 )
-            await executor.run()
+            try:
+                await executor.run()
+            finally:
+                await database.close()
             group.cancel_scope.cancel()
     return executor
