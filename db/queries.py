@@ -9,12 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import anyio
-import asyncpg
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db.lanes import Connects
+from db.lanes import Lane, fetch_hot
 from db.models import Subtask, Task
 
 # Re-exported: the records were defined here first and callers import them from here.
@@ -214,7 +212,7 @@ CLAIM_CALL = "SELECT * FROM imgrun_claim($1, $2, $3, $4, $5)"
 
 
 async def claim(
-    engine: Connects,
+    engine: AsyncEngine | Lane,
     pool: str,
     provider: str,
     n: int,
@@ -222,8 +220,7 @@ async def claim(
     lease: float,
 ) -> ClaimBatch:
     """Lease up to `n` due subtasks of `pool` for `provider`, within its fleet-wide limit."""
-    async with engine.connect() as connection:
-        records = await _fetch_raw(connection, CLAIM_CALL, pool, provider, n, executor_id, lease)
+    records = await fetch_hot(engine, CLAIM_CALL, pool, provider, n, executor_id, lease)
     if not records:
         return ClaimBatch([])  # not registered yet: the runner registers it at start
     first = records[0]
@@ -232,26 +229,6 @@ async def claim(
     # Positional: the function's columns after (headroom, cooldown) are ClaimedSubtask's.
     rows = [ClaimedSubtask(*record[2:]) for record in records if record["id"] is not None]
     return ClaimBatch(rows, at_limit=first["headroom"] < n)
-
-
-async def _fetch_raw(connection: AsyncConnection, query: str, *args: Any) -> list[Any]:
-    """One statement straight on asyncpg (its prepared-statement cache, no transaction)."""
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    try:
-        return list(await driver.fetch(query, *args))
-    except BaseException as exc:
-        # SQLAlchemy never saw this statement: tell its pool when the connection is no longer
-        # fit for use (lost, or cut off mid-statement); an error the server reported is not.
-        if driver.is_closed() or not isinstance(exc, asyncpg.PostgresError):
-            with anyio.CancelScope(shield=True):  # also when cut off by a cancellation
-                await connection.invalidate()
-        if driver.is_closed() and not isinstance(exc, asyncpg.ConnectionDoesNotExistError):
-            # A pooled connection the server dropped ("connection is closed", an interface
-            # error): the same transient loss SQLAlchemy reports, so callers retry it.
-            raise asyncpg.ConnectionDoesNotExistError(str(exc)) from exc
-        raise
 
 
 APPLY_OUTCOMES = text(
@@ -349,7 +326,7 @@ APPLY_OUTCOMES = text(
 )
 
 
-async def apply_outcomes(engine: Connects, outcomes: Sequence[Outcome]) -> list[int]:
+async def apply_outcomes(engine: AsyncEngine | Lane, outcomes: Sequence[Outcome]) -> list[int]:
     """Record many attempts' outcomes in one transaction; returns the ids whose outcome stands.
 
     That is: applied by this call, or (a completion reported again) already recorded as is.
@@ -360,13 +337,10 @@ async def apply_outcomes(engine: Connects, outcomes: Sequence[Outcome]) -> list[
     # One statement is one transaction: run alone (autocommit) it needs no BEGIN and COMMIT
     # round trips. A requeue's wake-up then follows the commit instead of riding on it.
     params = _outcome_params(outcomes)
-    async with engine.connect() as connection:
-        rows = await _fetch_raw(
-            connection, APPLY_OUTCOMES_RAW, *(params[name] for name in _OUTCOME_PARAMS)
-        )
-        for pool, requeued, _ in rows:
-            if pool is not None and requeued:
-                await _fetch_raw(connection, "SELECT pg_notify($1, $2)", WAKE_CHANNEL, pool)
+    rows = await fetch_hot(engine, APPLY_OUTCOMES_RAW, *(params[name] for name in _OUTCOME_PARAMS))
+    for pool, requeued, _ in rows:
+        if pool is not None and requeued:
+            await fetch_hot(engine, "SELECT pg_notify($1, $2)", WAKE_CHANNEL, pool)
     return sorted(int(i) for _, _, ids in rows for i in ids)
 
 

@@ -53,9 +53,6 @@ Work = Callable[
     Awaitable[WorkResult],
 ]
 
-# A claimed row and the pool slot reserved for it.
-Claimed = tuple[ClaimedSubtask, object]
-
 
 def refill_at(limit: int, running: int) -> int:
     """Free slots worth a claim: a share of the limit, or one when nothing is in flight.
@@ -118,7 +115,7 @@ class Executor:
         self.clock = clock
         self.pools = {name: Pool(name, config, clock()) for name, config in pools.items()}
         # pool -> its workers: a claimed subtask runs on one of them
-        self.crews: dict[str, Crew[Claimed]] = {
+        self.crews: dict[str, Crew[ClaimedSubtask]] = {
             name: Crew(functools.partial(self._run_one, pool), attempt_timeout(pool))
             for name, pool in self.pools.items()
         }
@@ -173,7 +170,7 @@ class Executor:
         log.info(
             "runner %s started (pools: %s)",
             self.executor_id,
-            ", ".join(f"{p.name} limit {p.limiter.total_tokens}" for p in self.pools.values()),
+            ", ".join(f"{p.name} limit {p.limit}" for p in self.pools.values()),
         )
         try:
             async with anyio.create_task_group() as services:
@@ -278,7 +275,7 @@ class Executor:
         poll = self.settings.poll_interval
         while True:
             free = pool.free
-            if free < refill_at(int(pool.limiter.total_tokens), pool.running):
+            if free < refill_at(pool.limit, pool.running):
                 await pool.wakeup.wait(poll)
                 continue
             claimed, wait = await self._claim(pool, free)
@@ -287,18 +284,16 @@ class Executor:
             assert self._work_group is not None
             self.metrics.claims.labels(pool.name).inc(len(claimed))
             crew = self.crews[pool.name]
-            for row, token in claimed:
+            for row in claimed:
                 self._held[row.id] = row
-                crew.hand((row, token), self._work_group)
+                crew.hand(row, self._work_group)
             if len(claimed) < free:
                 # Drained what is due: sleep until notified (new work, a freed slot) or poll.
                 self.idle_wakeup.notify()
                 await pool.wakeup.wait(min(poll, wait))
 
-    async def _claim(
-        self, pool: Pool, free: int
-    ) -> tuple[list[tuple[ClaimedSubtask, object]], float]:
-        """Lease up to `free` rows across the pool's providers, each with its reserved slot.
+    async def _claim(self, pool: Pool, free: int) -> tuple[list[ClaimedSubtask], float]:
+        """Lease up to `free` rows across the pool's providers, a reserved slot for each.
 
         Also returns how long to wait before trying again if the claim came up short: a
         provider at its fleet-wide limit frees slots as any runner finishes, so it is asked
@@ -306,9 +301,7 @@ class Executor:
         """
         # Slots are reserved before the claim: a cut of the limit while it runs then only
         # shrinks future claims, never the rows already ours.
-        tokens = [object() for _ in range(free)]
-        for token in tokens:
-            pool.limiter.acquire_on_behalf_of_nowait(token)
+        pool.running += free
         rows: list[ClaimedSubtask] = []
         wait = self.settings.poll_interval
         try:
@@ -334,9 +327,8 @@ class Executor:
                         )
                     rows = []
         finally:
-            for token in tokens[len(rows) :]:
-                pool.limiter.release_on_behalf_of(token)
-        return list(zip(rows, tokens, strict=False)), wait
+            pool.running -= free - len(rows)
+        return rows, wait
 
     def _providers_to_claim(self, pool: Pool) -> list[str]:
         """The pool's providers not paused right now, starting after the last one served."""
@@ -361,16 +353,15 @@ class Executor:
     def _release_leftovers(self) -> None:
         """Hand back the rows no worker started before the work group was cancelled."""
         for crew in self.crews.values():
-            for row, token in crew.leftovers():
+            for row in crew.leftovers():
                 pool = self.pools[row.pool]
-                pool.finished(token)
+                pool.finished()
                 self.recorder.record(
                     Outcome(row.id, row.attempts, "release", self.executor_id),
                     self._recorded(pool, row),
                 )
 
-    async def _run_one(self, pool: Pool, claimed: Claimed, shift: Shift) -> None:
-        row, token = claimed
+    async def _run_one(self, pool: Pool, row: ClaimedSubtask, shift: Shift) -> None:
         release = self._recorded(pool, row)
         request = image_request(
             task_id=row.task_id,
@@ -393,7 +384,7 @@ class Executor:
                 result = await self.work(row, request, on_submitted, should_stop)
             finally:
                 # The slot is free for the next claim; the outcome waits to be recorded.
-                pool.finished(token)
+                pool.finished()
         except anyio.get_cancelled_exc_class():
             if shift.timed_out:
                 # Past the attempt's deadline: the crew's watchdog cut it off.
@@ -579,7 +570,7 @@ class Executor:
 
     def adopt(self, pool: Pool, decision: Decision) -> None:
         """Apply a scaling decision to a pool, counting and logging a change."""
-        before = int(pool.limiter.total_tokens)
+        before = pool.limit
         if pool.apply(decision, time.time()):
             direction = "up" if decision.limit > before else "down"
             self.metrics.scaling.labels(pool.name, direction).inc()

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import anyio
 import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import is_transient_db_error
 from db.lanes import Lane
-from db.queries import _fetch_raw
 
 pytestmark = pytest.mark.anyio
 
 
 async def backend_pid(lane: Lane) -> int:
     """The server process behind the lane's connection (one statement on it)."""
-    async with lane.connect() as connection:
-        return int((await _fetch_raw(connection, "SELECT pg_backend_pid()"))[0][0])
+    return int((await lane.fetch("SELECT pg_backend_pid()"))[0][0])
 
 
 def checked_out(engine: AsyncEngine) -> int:
@@ -40,8 +39,7 @@ async def test_a_failed_statement_gives_the_connection_back(engine: AsyncEngine)
     lane = Lane(engine)
     await backend_pid(lane)
     with pytest.raises(asyncpg.PostgresError):
-        async with lane.connect() as connection:
-            await _fetch_raw(connection, "SELECT 1/0")
+        await lane.fetch("SELECT 1/0")
     assert not lane.holding and checked_out(engine) == 0
     assert await backend_pid(lane) > 0
     await lane.close()
@@ -67,16 +65,23 @@ async def test_an_idle_lane_goes_back_to_the_pool_before_its_next_use(engine: As
     """Idle past idle_after: checked out anew (so the pool pings it), not reused blindly."""
     now = [0.0]
     lane = Lane(engine, idle_after=5.0, clock=lambda: now[0])
-    checkouts: list[AsyncConnection] = []
-    async with lane.connect() as connection:
-        checkouts.append(connection)
-    now[0] = 4.9
-    async with lane.connect() as connection:
-        checkouts.append(connection)
-    now[0] = 4.9 + 5.0
-    async with lane.connect() as connection:
-        checkouts.append(connection)
+    checkouts: list[object] = []
+    for at in (0.0, 4.9, 4.9 + 5.0):
+        now[0] = at
+        await lane.fetch("SELECT 1")
+        checkouts.append(lane._connection)
     assert checkouts[0] is checkouts[1]
     assert checkouts[2] is not checkouts[1]
     assert checked_out(engine) == 1
+    await lane.close()
+
+
+async def test_a_second_statement_at_once_is_refused(engine: AsyncEngine) -> None:
+    """One user per lane: overlapping statements are a bug, reported as one."""
+    lane = Lane(engine)
+    async with anyio.create_task_group() as group:
+        group.start_soon(lane.fetch, "SELECT pg_sleep(0.2)")
+        await anyio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="one statement at a time"):
+            await lane.fetch("SELECT 1")
     await lane.close()

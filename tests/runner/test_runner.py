@@ -366,7 +366,7 @@ async def test_limit_cut_during_a_claim_does_not_strand_claimed_rows(
         # A pool limit moved while the claim is in flight (a queue-depth tick could).
         pool = executors[0].pools["standard"]
         executors[0].adopt(pool, Decision(5, "a cut during the claim"))
-        assert pool.limiter.total_tokens == 5
+        assert pool.limit == 5
         await transaction.rollback()
 
     assert await status_counts(engine) == {"completed": 30}
