@@ -39,21 +39,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
+import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import IMGRUN, embedded_server, fresh_database, queue_synthetic
+from bench.common import IMGRUN, embedded_server, fresh_database, queue_synthetic, server_cpu
 from bench.status_figures import Rounds, table
 from db.engine import open_engine
 from db.snapshots import BUCKET_SECONDS, BUCKETS_KEPT, Completions
-from db.status_queries import QUERIES, STOPPED_SHOWN_FOR
+from db.status_queries import (
+    LATENCY_PER_REPORT,
+    LATENCY_REPORTS,
+    PROVIDER_WINDOW,
+    PROVIDERS_SHOWN,
+    QUERIES,
+    STOPPED_SHOWN_FOR,
+)
 from db.store import PgStore
 from runner.status_read import load_status
 
@@ -233,6 +241,11 @@ async def explain(engine: AsyncEngine) -> None:
             "tasks": 20,
             "recent": 5,
             "errors": 5,
+            # The providers query's (see db.status_queries.provider_rows).
+            "since": now - timedelta(seconds=PROVIDER_WINDOW),
+            "providers": PROVIDERS_SHOWN,
+            "latency_reports": LATENCY_REPORTS,
+            "per_report": LATENCY_PER_REPORT,
         }
         for name, sql in QUERIES.items():
             used = {k: v for k, v in params.items() if f":{k}" in sql}
@@ -325,7 +338,17 @@ class Load:
     total: int
 
 
-async def loaded(url: str, load: Load, args: argparse.Namespace) -> Rounds:
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds the processes `pids` have used so far (0 for one that has exited)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def loaded(url: str, load: Load, args: argparse.Namespace, pids: Sequence[int]) -> Rounds:
     """Timed refreshes, 4 a second, while the load drains the null task."""
     rounds = Rounds(load.label, load.target)
     async with open_engine(url, upgrade=False) as engine:
@@ -334,13 +357,17 @@ async def loaded(url: str, load: Load, args: argparse.Namespace) -> Rounds:
             while await completed_of(engine, load.task_id) < load.warm:
                 await anyio.sleep(0.2)
         for run in range(args.runs):
+            cpu = await server_cpu(url), cpu_seconds(pids)
             before, started = await completed_of(engine, load.task_id), time.perf_counter()
             timings = await time_refreshes(engine, int(args.load_seconds * 4), every=0.25)
             after, ended = await completed_of(engine, load.task_id), time.perf_counter()
+            server, driver = await server_cpu(url) - cpu[0], cpu_seconds(pids) - cpu[1]
             if after >= load.total:
                 print(f"load round {run + 1}: the queue ran dry (raise the task's size)")
             rate = (after - before) / (ended - started)
             print(rounds.add(f"{load.mode} round {run + 1}", timings, rate))
+            done = max(1, after - before)
+            print(rounds.add_cpu(1e6 * server / done, 1e6 * driver / done))
         if args.explain:
             print(f"plans under load ({load.label}):")
             await explain(engine)
@@ -434,10 +461,11 @@ def run_load(url: str, args: argparse.Namespace) -> Rounds:
         logs = [Path(tmp) / f"{load.mode}-{n}.log" for n in range(len(load_commands(args)))]
         try:
             with contextlib.ExitStack() as stack:
+                pids = []
                 for command, path in zip(load_commands(args), logs, strict=True):
                     log = stack.enter_context(path.open("wb"))
-                    stack.enter_context(load_process(command, env, log))
-                return anyio.run(loaded, url, load, args)
+                    pids.append(stack.enter_context(load_process(command, env, log)).pid)
+                return anyio.run(loaded, url, load, args, pids)
         finally:
             # After the processes stopped: the replay driver's summary, a runner's errors.
             for path in logs:
@@ -494,6 +522,7 @@ def main() -> None:
         busy = run_load(url, args)
     quiet.mode = f"idle, {args.subtasks:,} subtasks"
     print(table([quiet, busy]))
+    print(busy.cpu_summary())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ class Rounds:
     max_ms: list[float] = field(default_factory=list)
     rate: list[float] = field(default_factory=list)
     refreshes: int = 0
+    # CPU µs per completion in each loaded round: PostgreSQL's, and the load processes'.
+    server_us: list[float] = field(default_factory=list)
+    load_us: list[float] = field(default_factory=list)
 
     def add(self, label: str, timings: list[float], rate: float | None = None) -> str:
         """Record one round of sorted timings; returns its line."""
@@ -45,6 +48,22 @@ class Rounds:
         return (
             f"{label}: p50 {self.p50_ms[-1]:.1f} ms, p95 {self.p95_ms[-1]:.1f} ms,"
             f" max {self.max_ms[-1]:.1f} ms ({len(timings)} refreshes){extra}"
+        )
+
+    def add_cpu(self, server_us: float, load_us: float) -> str:
+        """Record one loaded round's CPU per completion; returns its line."""
+        self.server_us.append(server_us)
+        self.load_us.append(load_us)
+        return (
+            f"  CPU per completion: PostgreSQL {server_us:.0f} µs (status reads included),"
+            f" load processes {load_us:.0f} µs"
+        )
+
+    def cpu_summary(self) -> str:
+        """Medians (min–max) of the CPU per completion over the rounds."""
+        return (
+            f"{self.mode}: CPU per completion, PostgreSQL {spread(self.server_us, '{:.0f}')} µs,"
+            f" load processes {spread(self.load_us, '{:.0f}')} µs"
         )
 
     def row(self) -> str:
