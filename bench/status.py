@@ -357,17 +357,18 @@ async def loaded(url: str, load: Load, args: argparse.Namespace, pids: Sequence[
             while await completed_of(engine, load.task_id) < load.warm:
                 await anyio.sleep(0.2)
         for run in range(args.runs):
-            cpu = await server_cpu(url), cpu_seconds(pids)
+            cpu = await server_cpu(url), cpu_seconds(pids), time.process_time()
             before, started = await completed_of(engine, load.task_id), time.perf_counter()
             timings = await time_refreshes(engine, int(args.load_seconds * 4), every=0.25)
             after, ended = await completed_of(engine, load.task_id), time.perf_counter()
+            own = (time.process_time() - cpu[2]) / len(timings)
             server, driver = await server_cpu(url) - cpu[0], cpu_seconds(pids) - cpu[1]
             if after >= load.total:
                 print(f"load round {run + 1}: the queue ran dry (raise the task's size)")
             rate = (after - before) / (ended - started)
             print(rounds.add(f"{load.mode} round {run + 1}", timings, rate))
             done = max(1, after - before)
-            print(rounds.add_cpu(1e6 * server / done, 1e6 * driver / done))
+            print(rounds.add_cpu(1e6 * server / done, 1e6 * driver / done, 1e3 * own))
         if args.explain:
             print(f"plans under load ({load.label}):")
             await explain(engine)

@@ -34,6 +34,7 @@ class Rounds:
     # CPU µs per completion in each loaded round: PostgreSQL's, and the load processes'.
     server_us: list[float] = field(default_factory=list)
     load_us: list[float] = field(default_factory=list)
+    own_ms: list[float] = field(default_factory=list)  # this process's CPU per refresh
 
     def add(self, label: str, timings: list[float], rate: float | None = None) -> str:
         """Record one round of sorted timings; returns its line."""
@@ -50,20 +51,22 @@ class Rounds:
             f" max {self.max_ms[-1]:.1f} ms ({len(timings)} refreshes){extra}"
         )
 
-    def add_cpu(self, server_us: float, load_us: float) -> str:
-        """Record one loaded round's CPU per completion; returns its line."""
+    def add_cpu(self, server_us: float, load_us: float, own_ms: float) -> str:
+        """Record one loaded round's CPU per completion and per refresh; returns its line."""
         self.server_us.append(server_us)
         self.load_us.append(load_us)
+        self.own_ms.append(own_ms)
         return (
             f"  CPU per completion: PostgreSQL {server_us:.0f} µs (status reads included),"
-            f" load processes {load_us:.0f} µs"
+            f" load processes {load_us:.0f} µs; status client {own_ms:.1f} ms per refresh"
         )
 
     def cpu_summary(self) -> str:
         """Medians (min–max) of the CPU per completion over the rounds."""
         return (
             f"{self.mode}: CPU per completion, PostgreSQL {spread(self.server_us, '{:.0f}')} µs,"
-            f" load processes {spread(self.load_us, '{:.0f}')} µs"
+            f" load processes {spread(self.load_us, '{:.0f}')} µs;"
+            f" status client CPU per refresh {spread(self.own_ms)} ms"
         )
 
     def row(self) -> str:
