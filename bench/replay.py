@@ -7,17 +7,18 @@ Each simulated runner does to PostgreSQL what an `imgrun run` process completing
 subtasks of the standard pool does, through the same store calls (db/store.py `PgStore`):
 registers its executors row (`register_executor`, a fresh holder) and the provider's
 fleet-wide row (`Fleet.register`); every TICK records the completions its pacer owes
-(`apply_outcomes`: fenced by holder and attempt, task counters in the same statement) and,
-once a quarter of `--hold` is free (the executor's `refill_at` rule), claims more
-(`imgrun_claim`, its lease); every second heartbeats with its pool snapshot and a
-completion rollup kept by the real `CompletionRollup`, asks which held tasks were canceled,
-runs a reaper pass and reports to the fleet (`Fleet.report_and_decide`); every 10 s counts
-pending rows (the scaler tick). On SIGTERM/SIGINT or after `--seconds` it releases what it
-holds and marks itself stopped. Not replayed: the runners' own work in Python (workers,
-images, policies) — the point is to load the database, not this process's two cores.
+(`apply_outcomes`: fenced by holder and attempt, task counters in the same statement), the
+oldest held rows first, and once a quarter of `--hold` is free (the executor's `refill_at`
+rule) claims more (`imgrun_claim`, its lease) — again within the tick if it owes more;
+every second heartbeats with its pool snapshot and a completion rollup kept by the real
+`CompletionRollup`, asks which held tasks were canceled, runs a reaper pass and reports to
+the fleet (`Fleet.report_and_decide`); every 10 s counts pending rows (the scaler tick).
+On SIGTERM/SIGINT or after `--seconds` it releases what it holds and marks itself stopped.
+Not replayed: the runners' own work in Python (workers, images, policies) — the point is to
+load the database, not this process's two cores.
 
 Prints one line at the end: completions made, fenced out (should be 0), and what the pacer
-owed but was not made (a tick later than one burst; fewer rows held than owed).
+owed but was not made (a tick later than one burst; the queue had no row left to claim).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class ReplayRunner:
         self.pending = 0
         self.completed = 0
         self.fenced = 0
-        self.unheld = 0  # owed while fewer rows were held: lost, as dropped time is
+        self.unheld = 0  # owed when the queue had no more rows to claim
 
     async def register(self) -> None:
         """The executors row under a new holder, and the provider's fleet-wide row."""
@@ -91,17 +92,30 @@ class ReplayRunner:
         return {POOL: data}
 
     async def tick(self, elapsed: float) -> None:
-        """Record the completions owed now, then refill once a quarter of `hold` is free."""
+        """Record the completions owed now, refilling once a quarter of `hold` is free.
+
+        A tick owing more than is held (it ran late) completes, refills and goes on, as a
+        runner works through what piled up; only rows the queue no longer has are not made.
+        """
         owed = self.pacer.take(elapsed)
-        n = min(owed, len(self.held))
-        self.unheld += owed - n  # like a pinned pool, it completes no more than it holds
-        if n:
-            await self._complete([self.held.popleft() for _ in range(n)])
+        while True:
+            n = min(owed, len(self.held))
+            if n:
+                await self._complete([self.held.popleft() for _ in range(n)])
+                owed -= n
+            if not await self._refill() or not owed:
+                break
+        self.unheld += owed
+
+    async def _refill(self) -> int:
+        """Claim up to the free slots once a quarter of `hold` is free; rows claimed."""
         free = self.hold - len(self.held)
-        if free >= refill_at(self.hold, len(self.held)):
-            batch = await self.store.claim(POOL, PROVIDER, free, self.holder, self.settings.lease)
-            now = time.monotonic()
-            self.held.extend((row, now) for row in batch.rows)
+        if free < refill_at(self.hold, len(self.held)):
+            return 0
+        batch = await self.store.claim(POOL, PROVIDER, free, self.holder, self.settings.lease)
+        now = time.monotonic()
+        self.held.extend((row, now) for row in batch.rows)
+        return len(batch.rows)
 
     async def _complete(self, done: Sequence[tuple[ClaimedSubtask, float]]) -> None:
         outcomes = [
@@ -179,7 +193,7 @@ async def run(url: str, rate: float, runners: int, hold: int, seconds: float) ->
         unheld = sum(r.unheld for r in fleet)
         print(
             f"replay: {made:,} completions, {fenced:,} fenced out; owed but not made:"
-            f" {dropped:,} (a tick later than a burst), {unheld:,} (fewer rows held)"
+            f" {dropped:,} (a tick later than a burst), {unheld:,} (no row left to claim)"
         )
 
 

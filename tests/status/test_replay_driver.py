@@ -95,14 +95,14 @@ async def test_stop_releases_the_held_rows_and_marks_the_runner_stopped(
     assert (state, attempts) == ("stopped", 0)
 
 
-async def test_a_tick_owing_more_than_is_held_makes_what_is_held_and_counts_the_rest(
+async def test_a_late_tick_refills_within_the_tick_until_the_queue_is_empty(
     engine: AsyncEngine, database_url: str
 ) -> None:
-    """Holding 4 at 100/s, a tick 200 ms in owes 20: 4 are made, 16 counted as not held."""
-    await queue_synthetic(database_url, "replay", 30, provider="null")
+    """Holding 4 at 100/s, a tick 200 ms in owes 20; the queue has 10: all 10 are made."""
+    await queue_synthetic(database_url, "replay", 10, provider="null")
     runner = ReplayRunner(PgStore(engine), "replay-test", 100.0, 4)
     await runner.register()
     await runner.tick(0.0)
     await runner.tick(0.2)
-    assert (runner.completed, runner.unheld, runner.pacer.dropped) == (4, 16, 0)
-    assert len(runner.held) == 4  # refilled after the completions
+    assert (runner.completed, runner.unheld, runner.pacer.dropped) == (10, 10, 0)
+    assert not runner.held
