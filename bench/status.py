@@ -426,7 +426,10 @@ def queue_load(url: str, args: argparse.Namespace) -> Load:
 def load_commands(args: argparse.Namespace) -> list[list[str]]:
     """The processes that make the load: real runners, or one replay driver."""
     if args.load == "runners":
-        return [[*IMGRUN, "run", "--log-level", "WARNING"]] * args.runners
+        # Routed to the null task's pool and provider, as the replay is: the seeded lumina
+        # subtasks name the sim, which is not running here.
+        route = ["--pool", "standard", "--provider", "null"]
+        return [[*IMGRUN, "run", *route, "--log-level", "WARNING"]] * args.runners
     # A bound on the driver's life, whatever happens to this process: the warm-up's bound,
     # every round, and a margin.
     seconds = 120 + args.runs * (args.load_seconds + 5) + 60
