@@ -1,7 +1,8 @@
-"""`imgrun status` refresh latency at 1,000,000 subtasks: idle, and while runners complete work.
+"""`imgrun status` refresh latency at 1,000,000 subtasks: idle, and while subtasks complete.
 
     .venv/bin/python -m bench.status [--runs 3] [--subtasks 1000000] [--refreshes 30]
-                                     [--runners 2] [--limit 200] [--load-seconds 10] [--explain]
+                                     [--load replay|runners] [--rate 5000] [--runners 2]
+                                     [--limit 200] [--load-seconds 10] [--explain]
 
 Builds a fresh database on a throwaway embedded server with a realistic mix, entirely
 server-side (INSERT … SELECT generate_series): 20 tasks of equal size — 4 finished long ago
@@ -11,12 +12,22 @@ heartbeats carry full scaling histories and full completion rollups; 50 aggregat
 Then ANALYZE (fresh rows, no VACUUM: the least favourable state for index-only scans).
 
 1. Idle: `--runs` rounds of `--refreshes` timed `load_status` calls (what `imgrun status` does).
-2. Under load: one more task on the in-process `null` provider, drained by `--runners`
-   `imgrun run` processes with the standard pool pinned at `--limit`; `--runs` rounds of
-   `--load-seconds` each, refreshing 4 times a second; the completion rate actually achieved
-   in each round comes from the task's own counter.
+2. Under load: one more task on the `null` provider is drained while `--runs` rounds of
+   `--load-seconds` each refresh status 4 times a second. The completion rate achieved in
+   each round comes from the task's own counter, whatever was asked. The load is either
+   - `replay` (default): the runners' database traffic, replayed at `--rate` completions/s by
+     one driver process (bench/replay.py) playing `--runners` runners that each hold
+     `--limit` rows — the same claim, fenced outcome, heartbeat-with-rollup, reaper, fleet
+     report and pending-count statements a runner issues, without the runners' Python. On a
+     2-core machine shared with other work, real runners cannot hold a chosen rate while
+     status is timed beside them (their Python needs the same cores), so this is the way
+     to put the database under that rate, and to say which rate it was; or
+   - `runners`: `--runners` real `imgrun run` processes routed to the task's pool and
+     provider, the standard pool pinned at `--limit`: end to end, at whatever rate they
+     reach (3,100–4,800/s per round here on 2026-11-25, with the machine's other load).
 
-Prints each round, then medians over the rounds with their spread. Target: ≤ 100 ms in both.
+Prints each round, then a table: per mode the achieved completions/s and status p50, p95
+and max ms, each the median over the rounds with their spread. Target: ≤ 100 ms.
 """
 
 from __future__ import annotations
@@ -25,26 +36,34 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import os
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
+import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import IMGRUN, embedded_server, fresh_database, queue_synthetic
+from bench.common import IMGRUN, embedded_server, fresh_database, queue_synthetic, server_cpu
+from bench.status_figures import Rounds, table
 from db.engine import open_engine
 from db.snapshots import BUCKET_SECONDS, BUCKETS_KEPT, Completions
-from db.status_queries import QUERIES, STOPPED_SHOWN_FOR
+from db.status_queries import (
+    LATENCY_PER_REPORT,
+    LATENCY_REPORTS,
+    PROVIDER_WINDOW,
+    PROVIDERS_SHOWN,
+    QUERIES,
+    STOPPED_SHOWN_FOR,
+)
 from db.store import PgStore
 from runner.status_read import load_status
 
@@ -224,6 +243,11 @@ async def explain(engine: AsyncEngine) -> None:
             "tasks": 20,
             "recent": 5,
             "errors": 5,
+            # The providers query's (see db.status_queries.provider_rows).
+            "since": now - timedelta(seconds=PROVIDER_WINDOW),
+            "providers": PROVIDERS_SHOWN,
+            "latency_reports": LATENCY_REPORTS,
+            "per_report": LATENCY_PER_REPORT,
         }
         for name, sql in QUERIES.items():
             used = {k: v for k, v in params.items() if f":{k}" in sql}
@@ -244,47 +268,6 @@ async def time_refreshes(engine: AsyncEngine, n: int, *, every: float = 0.0) -> 
         timings.append(took * 1000)
         await anyio.sleep(max(0.0, every - took))
     return sorted(timings)
-
-
-def p95(timings: list[float]) -> float:
-    """95th percentile of sorted timings (nearest rank)."""
-    return timings[max(0, math.ceil(0.95 * len(timings)) - 1)]
-
-
-@dataclass
-class Rounds:
-    """Per-round figures: median and p95 refresh ms, and completions/s under load."""
-
-    median_ms: list[float] = field(default_factory=list)
-    p95_ms: list[float] = field(default_factory=list)
-    rate: list[float] = field(default_factory=list)
-
-    def add(self, label: str, timings: list[float], rate: float | None = None) -> None:
-        """Record and print one round."""
-        self.median_ms.append(statistics.median(timings))
-        self.p95_ms.append(p95(timings))
-        extra = ""
-        if rate is not None:
-            self.rate.append(rate)
-            extra = f" while completing {rate:,.0f} subtasks/s"
-        print(
-            f"{label}: median {self.median_ms[-1]:.1f} ms, p95 {self.p95_ms[-1]:.1f} ms"
-            f" ({len(timings)} refreshes){extra}"
-        )
-
-    def summary(self, label: str) -> str:
-        """Medians over the rounds with their spread (min–max)."""
-        line = (
-            f"{label}: median {statistics.median(self.median_ms):.1f} ms"
-            f" (rounds {min(self.median_ms):.1f}–{max(self.median_ms):.1f}),"
-            f" p95 {statistics.median(self.p95_ms):.1f} ms"
-        )
-        if self.rate:
-            line += (
-                f", at {statistics.median(self.rate):,.0f} completions/s"
-                f" (rounds {min(self.rate):,.0f}–{max(self.rate):,.0f})"
-            )
-        return f"{line} over {len(self.median_ms)} rounds; target ≤ 100 ms"
 
 
 async def build_database(server_url: str, subtasks: int) -> str:
@@ -312,13 +295,13 @@ async def build_database(server_url: str, subtasks: int) -> str:
 
 async def idle(url: str, runs: int, refreshes: int, show_plans: bool) -> Rounds:
     """Timed refreshes with no runner working."""
-    rounds = Rounds()
+    rounds = Rounds("idle")
     async with open_engine(url, upgrade=False) as engine:
         if show_plans:
             await explain(engine)
         await time_refreshes(engine, 3)  # warm-up: connections, plans, caches
         for run in range(runs):
-            rounds.add(f"idle round {run + 1}", await time_refreshes(engine, refreshes))
+            print(rounds.add(f"idle round {run + 1}", await time_refreshes(engine, refreshes)))
         snapshot = await load_status(PgStore(engine))
     t = snapshot.throughput
     print(
@@ -345,23 +328,54 @@ async def completed_of(engine: AsyncEngine, task_id: int) -> int:
     return int(value or 0)
 
 
-async def loaded(url: str, task_id: int, total: int, runs: int, seconds: float) -> Rounds:
-    """Timed refreshes, 4 a second, while the runners drain the null task."""
-    rounds = Rounds()
+@dataclass(frozen=True)
+class Load:
+    """What drains the null task while status is timed, and how to tell it is up to speed."""
+
+    mode: str  # "runners" or "replay"
+    label: str  # the table's mode column
+    target: float | None  # completions/s asked (replay), None for real runners
+    warm: int  # completions before the first round
+    task_id: int
+    total: int
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds the processes `pids` have used so far (0 for one that has exited)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def loaded(url: str, load: Load, args: argparse.Namespace, pids: Sequence[int]) -> Rounds:
+    """Timed refreshes, 4 a second, while the load drains the null task."""
+    rounds = Rounds(load.label, load.target)
     async with open_engine(url, upgrade=False) as engine:
-        # Wait (bounded) for the runners to start and reach speed.
+        # Wait (bounded) for the load to start and reach speed.
         with anyio.fail_after(120):
-            while await completed_of(engine, task_id) < 20_000:
+            while await completed_of(engine, load.task_id) < load.warm:
                 await anyio.sleep(0.2)
-        for run in range(runs):
-            before, started = await completed_of(engine, task_id), time.perf_counter()
-            timings = await time_refreshes(engine, int(seconds * 4), every=0.25)
-            after, ended = await completed_of(engine, task_id), time.perf_counter()
-            if after >= total:
+        for run in range(args.runs):
+            cpu = await server_cpu(url), cpu_seconds(pids), time.process_time()
+            before, started = await completed_of(engine, load.task_id), time.perf_counter()
+            timings = await time_refreshes(engine, int(args.load_seconds * 4), every=0.25)
+            after, ended = await completed_of(engine, load.task_id), time.perf_counter()
+            own = (time.process_time() - cpu[2]) / len(timings)
+            server, driver = await server_cpu(url) - cpu[0], cpu_seconds(pids) - cpu[1]
+            if after >= load.total:
                 print(f"load round {run + 1}: the queue ran dry (raise the task's size)")
-            rounds.add(f"load round {run + 1}", timings, (after - before) / (ended - started))
+            rate = (after - before) / (ended - started)
+            print(rounds.add(f"{load.mode} round {run + 1}", timings, rate))
+            done = max(1, after - before)
+            print(rounds.add_cpu(1e6 * server / done, 1e6 * driver / done, 1e3 * own))
+        if args.explain:
+            print(f"plans under load ({load.label}):")
+            await explain(engine)
         snapshot = await load_status(PgStore(engine))
-        actual = await recent_rate(engine, task_id)
+        actual = await recent_rate(engine, load.task_id)
     t = snapshot.throughput
     print(
         f"exactness: the status view's 1-minute rate (from the runners' rollups)"
@@ -388,20 +402,56 @@ async def recent_rate(engine: AsyncEngine, task_id: int) -> float:
     return int(row[0]) / max(1.0, float(row[1]))
 
 
-def run_load(server_url: str, url: str, args: argparse.Namespace) -> Rounds:
-    """Queue the null task, start the runners, time refreshes under their load, stop them."""
-    # Enough for the warm-up and every round at 8,000/s, so the queue never runs dry.
-    total = int(8_000 * (args.runs * args.load_seconds + 10)) + 20_000
-    # The seeded runners are not running: without them, the status view's rate is the real
-    # runners' alone, and the exactness line compares like with like.
+def queue_load(url: str, args: argparse.Namespace) -> Load:
+    """Forget the seeded runners and queue the null task the load will drain."""
+    # Enough for the warm-up and every round at the asked rate (real runners: up to 8,000/s)
+    # with a fifth to spare, so the queue never runs dry.
+    rate = max(8_000.0, args.rate) if args.load == "runners" else args.rate
+    total = int(1.2 * rate * (args.runs * args.load_seconds + 15)) + 20_000
+    # The seeded runners are not running: without them, the status view's rate is the
+    # load's alone, and the exactness line compares like with like.
     anyio.run(forget_seeded_runners, url)
-    # Above every seeded task's priority, so the runners claim only it (the seeded pending
+    # Above every seeded task's priority, so the load claims only it (the seeded pending
     # subtasks name the sim, which is not running here).
     task_id = anyio.run(
         functools.partial(
             queue_synthetic, url, "bench status load", total, provider="null", priority=100
         )
     )
+    if args.load == "runners":
+        label = f"{args.runners} `imgrun run` processes, null provider, pool {args.limit}"
+        return Load("runners", label, None, 20_000, task_id, total)
+    label = f"replayed traffic of {args.runners} runners at {args.rate:,.0f}/s"
+    return Load("replay", label, args.rate, int(3 * args.rate), task_id, total)
+
+
+def load_commands(args: argparse.Namespace) -> list[list[str]]:
+    """The processes that make the load: real runners, or one replay driver."""
+    if args.load == "runners":
+        # Routed to the null task's pool and provider, as the replay is: the seeded lumina
+        # subtasks name the sim, which is not running here.
+        route = ["--pool", "standard", "--provider", "null"]
+        return [[*IMGRUN, "run", *route, "--log-level", "WARNING"]] * args.runners
+    # A bound on the driver's life, whatever happens to this process: the warm-up's bound,
+    # every round, and a margin.
+    seconds = 120 + args.runs * (args.load_seconds + 5) + 60
+    replay = [sys.executable, "-m", "bench.replay", "--rate", str(args.rate)]
+    return [
+        [
+            *replay,
+            "--runners",
+            str(args.runners),
+            "--hold",
+            str(args.limit),
+            "--seconds",
+            str(seconds),
+        ]
+    ]
+
+
+def run_load(url: str, args: argparse.Namespace) -> Rounds:
+    """Queue the null task, start the load, time refreshes under it, stop it."""
+    load = queue_load(url, args)
     with tempfile.TemporaryDirectory(prefix="imgrun-bench-status-") as tmp:
         config = Path(tmp) / "imgrun.toml"
         config.write_text(
@@ -414,23 +464,25 @@ def run_load(server_url: str, url: str, args: argparse.Namespace) -> Rounds:
             "IMGRUN_HOME": tmp,
             "IMGRUN_DATABASE_URL": url,
         }
-        command = [*IMGRUN, "run", "--log-level", "WARNING"]
-        with contextlib.ExitStack() as stack:
-            for n in range(args.runners):
-                log = stack.enter_context((Path(tmp) / f"runner-{n}.log").open("wb"))
-                stack.enter_context(runner_process(command, env, log))
-            try:
-                return anyio.run(loaded, url, task_id, total, args.runs, args.load_seconds)
-            except TimeoutError:
-                print((Path(tmp) / "runner-0.log").read_text(errors="replace")[-2000:])
-                raise
+        logs = [Path(tmp) / f"{load.mode}-{n}.log" for n in range(len(load_commands(args)))]
+        try:
+            with contextlib.ExitStack() as stack:
+                pids = []
+                for command, path in zip(load_commands(args), logs, strict=True):
+                    log = stack.enter_context(path.open("wb"))
+                    pids.append(stack.enter_context(load_process(command, env, log)).pid)
+                return anyio.run(loaded, url, load, args, pids)
+        finally:
+            # After the processes stopped: the replay driver's summary, a runner's errors.
+            for path in logs:
+                print(f"{path.name}: {path.read_text(errors='replace')[-2000:].strip()}")
 
 
 @contextlib.contextmanager
-def runner_process(
+def load_process(
     command: list[str], env: dict[str, str], log: BinaryIO
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A runner process logging to `log`; terminated (then killed) on exit."""
+    """A load process logging to `log`; terminated (then killed) on exit."""
     child = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     try:
         yield child
@@ -443,25 +495,40 @@ def runner_process(
             child.wait()
 
 
-def main() -> None:
-    """Run the benchmark and print the figures."""
+def parse_args() -> argparse.Namespace:
+    """The flags, bounded."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--subtasks", type=int, default=1_000_000)
     parser.add_argument("--refreshes", type=int, default=30, help="per idle round")
-    parser.add_argument("--runners", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=200, help="standard pool, pinned")
+    parser.add_argument("--load", choices=("replay", "runners"), default="replay")
+    parser.add_argument("--rate", type=float, default=5_000.0, help="replay: completions/s")
+    parser.add_argument("--runners", type=int, default=2, help="real or replayed runners")
+    parser.add_argument("--limit", type=int, default=200, help="each runner's pool, pinned")
     parser.add_argument("--load-seconds", type=float, default=10.0, help="per loaded round")
     parser.add_argument("--explain", action="store_true", help="print each query's plan")
     args = parser.parse_args()
-    if args.runs < 3:
-        parser.error("--runs must be at least 3 (a median with its spread)")
+    if not 3 <= args.runs <= 20:
+        parser.error("--runs must be 3 to 20 (a median with its spread, bounded)")
+    if not (1_000 <= args.subtasks <= 5_000_000 and 1 <= args.refreshes <= 1_000):
+        parser.error("--subtasks must be 1,000 to 5,000,000 and --refreshes 1 to 1,000")
+    if not (100 <= args.rate <= 50_000 and 1 <= args.runners <= 8 and 1 <= args.limit <= 1_000):
+        parser.error("--rate must be 100 to 50,000, --runners 1 to 8 and --limit 1 to 1,000")
+    if not 1 <= args.load_seconds <= 120:
+        parser.error("--load-seconds must be 1 to 120")
+    return args
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    args = parse_args()
     with embedded_server() as server_url:
         url = anyio.run(build_database, server_url, args.subtasks)
         quiet = anyio.run(idle, url, args.runs, args.refreshes, args.explain)
-        busy = run_load(server_url, url, args)
-    print(quiet.summary(f"status idle at {args.subtasks:,} subtasks"))
-    print(busy.summary(f"status under load ({args.runners} runners, null provider)"))
+        busy = run_load(url, args)
+    quiet.mode = f"idle, {args.subtasks:,} subtasks"
+    print(table([quiet, busy]))
+    print(busy.cpu_summary())
 
 
 if __name__ == "__main__":
