@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import click
 from rich.progress import Progress
@@ -180,6 +179,8 @@ def alerts_test(app: App) -> None:
     body = delivery_body(event_id, "alert.test", datetime.now(UTC), data)
 
     async def send() -> list[str | None]:
+        import aiohttp  # here: every other command would pay for importing it
+
         async with aiohttp.ClientSession() as session:
             outcomes: list[str | None] = [None] * len(hooks)
 
