@@ -13,11 +13,18 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.engine import make_engine
+from db.migrate import HEAD
 from db.models import Subtask, Task
-from tests.conftest import IMGRUN
+from db.store import PgStore
+from runner.config import Config
+from runner.spec.model import parse_spec
+from runner.submit import prepare
+from runner.submit import submit as submit_through_store
+from tests.conftest import IMGRUN, create_database, drop_database
 
 pytestmark = pytest.mark.anyio
 
@@ -134,3 +141,85 @@ async def test_submitted_rows_are_exactly_the_specs_expansion(
     assert (task["total_subtasks"], task["total_images"]) == (12, 36)
     assert (task["seed"], task["ratio"], task["polish"]) == (MAX_SEED - 3, "16:9", True)
     assert task["turn_end"] == 12 and task["status"] == "pending"
+
+
+# What two submits of one spec may differ in: identity and time.
+VOLATILE = {"id", "task_id", "created_at", "updated_at", "run_after", "started_at"}
+
+
+async def all_rows(
+    engine: AsyncEngine, task_id: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A task row and its subtask rows, every column but the volatile ones."""
+    async with engine.connect() as connection:
+        task = (await connection.execute(select(Task).where(Task.id == task_id))).mappings().one()
+        subtasks = (
+            await connection.execute(
+                select(Subtask.__table__)
+                .where(Subtask.task_id == task_id)
+                .order_by(Subtask.ordinal)
+            )
+        ).mappings()
+        rows = [{k: v for k, v in row.items() if k not in VOLATILE} for row in subtasks]
+    return {k: v for k, v in task.items() if k not in VOLATILE}, rows
+
+
+async def test_quick_path_writes_what_the_engine_path_writes(
+    cli_env: dict[str, str], database_url: str, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """`imgrun submit` (bare connection) and PgStore.submit_task (API, demo): the same rows."""
+    env = {**cli_env, "IMGRUN_DATABASE_URL": database_url}
+    quick = await submit(env, tmp_path / "spec.json", SPEC)
+    expansion = prepare(parse_spec(SPEC), Config())
+    store_id = await submit_through_store(PgStore(engine), expansion, "ana")
+
+    quick_task, quick_rows = await all_rows(engine, quick)
+    store_task, store_rows = await all_rows(engine, store_id)
+    assert quick_rows == store_rows and len(quick_rows) == 12
+    quick_task.pop("user_id")
+    store_task.pop("user_id")
+    assert quick_task == store_task
+
+
+async def test_submit_to_an_empty_database_migrates_then_writes(
+    cli_env: dict[str, str], pg_server: str, tmp_path: Path
+) -> None:
+    """No schema yet: the quick path writes nothing and the engine's path migrates first."""
+    url = await create_database(pg_server, None)
+    engine = make_engine(url)
+    try:
+        task_id = await submit(
+            {**cli_env, "IMGRUN_DATABASE_URL": url}, tmp_path / "spec.json", SPEC
+        )
+        assert await stored_rows(engine, task_id) == expected_rows(SPEC, "standard")
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT version_num FROM alembic_version")) == HEAD
+            assert await connection.scalar(text("SELECT count(*) FROM tasks")) == 1
+    finally:
+        await engine.dispose()
+        await drop_database(pg_server, url)
+
+
+async def test_submit_does_not_import_the_orm(
+    cli_env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    """The quick path's point: SQLAlchemy's async engine, ORM and our models stay unimported."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(SECOND))
+    program = (
+        "import sys\n"
+        "from runner.cli import main\n"
+        "try:\n"
+        f"    main(['submit', {str(path)!r}, '--json'])\n"
+        "finally:\n"
+        "    heavy = ('sqlalchemy.orm', 'sqlalchemy.ext.asyncio', 'db.models', 'db.store')\n"
+        "    print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = await anyio.run_process(
+        [IMGRUN[0], "-c", program],
+        env={**cli_env, "IMGRUN_DATABASE_URL": database_url},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["total_subtasks"] == 3
+    assert done.stderr.decode().strip().splitlines()[-1] == "[]"
