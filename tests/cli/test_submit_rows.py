@@ -203,7 +203,7 @@ async def test_submit_to_an_empty_database_migrates_then_writes(
 async def test_submit_does_not_import_the_orm(
     cli_env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:
-    """The quick path's point: SQLAlchemy's async engine, ORM and our models stay unimported."""
+    """The quick path's point: no async engine, ORM, models, aiohttp or runner loop imported."""
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(SECOND))
     program = (
@@ -212,7 +212,8 @@ async def test_submit_does_not_import_the_orm(
         "try:\n"
         f"    main(['submit', {str(path)!r}, '--json'])\n"
         "finally:\n"
-        "    heavy = ('sqlalchemy.orm', 'sqlalchemy.ext.asyncio', 'db.models', 'db.store')\n"
+        "    heavy = ('sqlalchemy.orm', 'sqlalchemy.ext.asyncio', 'db.models', 'db.store',\n"
+        "             'aiohttp', 'runner.loop.service')\n"
         "    print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
     )
     done = await anyio.run_process(
