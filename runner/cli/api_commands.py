@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio
 import click
-from rich.progress import Progress
 from rich.table import Table
 
 from runner.cli.app import App, err, out, pass_app, print_json
@@ -123,6 +122,8 @@ def results(app: App, task_id: int, fmt: str | None, copy_to: Path | None) -> No
     elif copy_to is None:
         _show_results(manifest)
     if copy_to is not None:
+        from rich.progress import Progress
+
         total = sum(len(s["images"]) for s in manifest["subtasks"])
         with Progress(console=err, transient=True) as bar:
             job = bar.add_task("copying images", total=total)
