@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.ext.asyncio import AsyncEngine  # annotations only: submit's quick path
 
 # The newest revision in migrations/versions (a test keeps it in step). Knowing it lets
 # every command skip importing alembic when the schema is already current.

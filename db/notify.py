@@ -10,7 +10,7 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import is_transient_db_error
-from db.queries import WAKE_CHANNEL
+from db.submit_queries import WAKE_CHANNEL
 
 log = logging.getLogger(__name__)
 

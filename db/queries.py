@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,9 @@ from db.records import (
     TaskIsCanceled,
 )
 
+# Shared with `imgrun submit`'s quick path, which runs them without SQLAlchemy.
+from db.submit_queries import SUBTASK_COPY_COLUMNS, WAKE_CHANNEL, subtask_records
+
 __all__ = [
     "ClaimedSubtask",
     "ErrorRecord",
@@ -37,19 +40,6 @@ __all__ = [
     "TaskIsCanceled",
 ]
 
-# Channel that wakes runners: payload is the pool name.
-WAKE_CHANNEL = "imgrun_wake"
-
-SUBTASK_COPY_COLUMNS = (
-    "task_id",
-    "ordinal",
-    "pool",
-    "provider",
-    "priority",
-    "turn",
-    "prompt",
-    "params",
-)
 
 # Fair share: a new task's first turn is the earliest turn still waiting at its priority, for
 # its pool and provider. Its subtasks then alternate with the older tasks' rest instead of
@@ -111,20 +101,11 @@ async def copy_subtasks(
 ) -> None:
     """A task's subtasks, as one streamed COPY in the caller's transaction."""
 
-    async def records() -> AsyncIterator[tuple[Any, ...]]:
-        # A generator, not a list: the server inserts while we are still expanding.
-        pool, provider, priority = task.pool, task.provider, task.priority
-        for count, (ordinal, prompt, params) in enumerate(subtasks, 1):
-            yield (task_id, ordinal, pool, provider, priority, first_turn + ordinal, prompt, params)
-            if on_progress and count % progress_every == 0:
-                on_progress(progress_every)
-        if on_progress:
-            on_progress(task.total_subtasks % progress_every)
-
+    records = subtask_records(task, task_id, first_turn, subtasks, on_progress, progress_every)
     raw = await connection.get_raw_connection()
     assert raw.driver_connection is not None
     await raw.driver_connection.copy_records_to_table(
-        "subtasks", records=records(), columns=list(SUBTASK_COPY_COLUMNS)
+        "subtasks", records=records, columns=list(SUBTASK_COPY_COLUMNS)
     )
 
 

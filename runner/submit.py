@@ -6,14 +6,16 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from db import api_queries
 from db.records import NewTask
-from db.store import PgStore
 from runner.config import Config
 from runner.errors import UserError, shown
 from runner.spec.model import Expansion, Spec, expand
+
+if TYPE_CHECKING:  # not at run time: `imgrun submit`'s quick path needs neither (nor SQLAlchemy)
+    from db import api_queries
+    from db.store import PgStore
 
 # Printable ASCII without spaces, like the HTTP header it usually arrives in.
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")

@@ -8,10 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import click
-from rich.progress import Progress
 from rich.table import Table
 
 from runner.cli.app import App, err, out, pass_app, print_json
@@ -124,6 +122,8 @@ def results(app: App, task_id: int, fmt: str | None, copy_to: Path | None) -> No
     elif copy_to is None:
         _show_results(manifest)
     if copy_to is not None:
+        from rich.progress import Progress
+
         total = sum(len(s["images"]) for s in manifest["subtasks"])
         with Progress(console=err, transient=True) as bar:
             job = bar.add_task("copying images", total=total)
@@ -180,6 +180,8 @@ def alerts_test(app: App) -> None:
     body = delivery_body(event_id, "alert.test", datetime.now(UTC), data)
 
     async def send() -> list[str | None]:
+        import aiohttp  # here: every other command would pay for importing it
+
         async with aiohttp.ClientSession() as session:
             outcomes: list[str | None] = [None] * len(hooks)
 

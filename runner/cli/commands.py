@@ -2,34 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.text import Text
 
-from db.api_queries import KeyReused
 from db.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from db.engine import DatabaseURLError
 from db.records import TaskIsCanceled
-from db.store import PgStore
+from db.url import DatabaseURLError
 from runner.cli import api_commands as cli_api
 from runner.cli import prune as cli_prune
 from runner.cli.app import App, err, out, pass_app, print_json
 from runner.config import Environment, load_config
 from runner.errors import UserError, one_line, shown
 from runner.spec.model import Expansion, load_spec
-from runner.submit import check_key, prepare, submit_once, summary
+from runner.submit import check_key, new_task, prepare, submit_once, summary
 from runner.submit import submit as submit_expansion
 from runner.view.tables import demo_summary, errors_table, task_detail, tasks_table
 from workers.kinds import POOL_NAMES
+
+if TYPE_CHECKING:  # imported by the commands that use it: SQLAlchemy is slow to import
+    from db.store import PgStore
 
 PROGRESS_THRESHOLD = 20_000  # subtasks; smaller submits finish before a bar is worth drawing
 PREVIEW_SUBTASKS = 5  # subtasks a dry run shows
@@ -70,25 +72,10 @@ def submit(
         return
     user = user_id or getpass.getuser()
     show_bar = expansion.total_subtasks >= PROGRESS_THRESHOLD and not as_json
-
-    async def write(store: PgStore) -> tuple[int, bool]:
-        if key is not None:
-            try:
-                done = await submit_once(store, expansion, user, key)
-            except KeyReused as exc:
-                raise UserError(f"--key {key}: {exc}") from None
-            return done.task_id, done.created
-        if not show_bar:
-            return await submit_expansion(store, expansion, user), True
-        columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
-            job = bar.add_task("writing subtasks", total=expansion.total_subtasks)
-            task_id = await submit_expansion(
-                store, expansion, user, on_progress=lambda n: bar.advance(job, n)
-            )
-            return task_id, True
-
-    task_id, created = app.with_store(write)
+    if key is not None:
+        task_id, created = app.with_store(lambda store: _submit_once(store, expansion, user, key))
+    else:
+        task_id, created = _submit_new(app, expansion, user, show_bar=show_bar), True
     if as_json:
         print_json({"task_id": task_id, "created": created, **info})
     elif not created:
@@ -99,6 +86,44 @@ def submit(
             f" {expansion.total_subtasks:,} subtasks, {expansion.total_images:,} images,"
             f" pool {expansion.pool}"
         )
+
+
+def _submit_new(app: App, expansion: Expansion, user: str, *, show_bar: bool) -> int:
+    """Queue the expansion: on a bare connection, or through the engine when it must migrate."""
+    with _progress(expansion.total_subtasks, show_bar) as advance:
+        task_id = app.submit_quick(new_task(expansion, user), expansion.rows(), advance)
+        if task_id is None:
+            task_id = app.with_store(
+                lambda store: submit_expansion(store, expansion, user, on_progress=advance)
+            )
+    return task_id
+
+
+async def _submit_once(
+    store: PgStore, expansion: Expansion, user: str, key: str
+) -> tuple[int, bool]:
+    """Queue the expansion unless `key` was used: (task id, whether this call created it)."""
+    from db.api_queries import KeyReused
+
+    try:
+        done = await submit_once(store, expansion, user, key)
+    except KeyReused as exc:
+        raise UserError(f"--key {key}: {exc}") from None
+    return done.task_id, done.created
+
+
+@contextlib.contextmanager
+def _progress(total: int, show: bool) -> Iterator[Callable[[int], None] | None]:
+    """A transient bar on stderr (its advance callback), or None when it is not worth drawing."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
+        job = bar.add_task("writing subtasks", total=total)
+        yield lambda n: bar.advance(job, n)
 
 
 def _print_preview(expansion: Expansion, summary: dict[str, Any], *, as_json: bool) -> None:

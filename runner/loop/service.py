@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import anyio
@@ -20,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.records import ClaimedSubtask, Outcome
 from db.store import PgStore
 from runner.alerts.delivery import AlertDelivery
-from runner.config import Config, Environment, PoolConfig, ProviderSettings
+from runner.config import Config, Environment, PoolConfig
 from runner.loop import duties
 from runner.loop.executor import Executor, Identity, Work
 from runner.loop.fleet import Fleet
 from runner.loop.journal import Journal
 from runner.loop.recorder import Discard
+from runner.provider_settings import provider_config
 from workers.errors import PermanentError
 from workers.kinds import LUMINA, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling
@@ -39,22 +39,6 @@ from workers.storage import ImageStore
 from workers.types import ImageRequest, WorkResult, image_paths
 
 log = logging.getLogger(__name__)
-
-
-def provider_config(name: str, settings: ProviderSettings) -> ProviderConfig:
-    """The workers' view of a `[providers.NAME]` section."""
-    fields: dict[str, Any] = {
-        "name": name,
-        "type": settings.type,
-        "timeout": settings.timeout,
-        "api_key_env": settings.api_key_env,
-        "extra": settings.extra,
-    }
-    if settings.base_url:
-        fields["base_url"] = settings.base_url
-    if settings.model:
-        fields["model"] = settings.model
-    return ProviderConfig(**fields)
 
 
 class Providers:

@@ -5,6 +5,7 @@ Pure values; the rules that move them are in runner/policy/control.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -125,7 +126,7 @@ class ControllerState:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for a jsonb column)."""
-        data: dict[str, Any] = _STATE.dump_python(self, mode="json")
+        data: dict[str, Any] = _state_adapter().dump_python(self, mode="json")
         return data
 
     @classmethod
@@ -134,7 +135,7 @@ class ControllerState:
         try:
             # Through JSON text either way: strict checks of a dataclass apply to JSON input.
             text = data if isinstance(data, str | bytes) else json.dumps(dict(data))
-            return _STATE.validate_json(text)
+            return _state_adapter().validate_json(text)
         except TypeError:
             raise ValueError("controller state: not JSON data") from None
         except ValidationError as exc:
@@ -143,7 +144,10 @@ class ControllerState:
             raise ValueError(f"controller state: {where}: {problem['msg']}") from None
 
 
-_STATE = TypeAdapter(ControllerState)
+@functools.cache
+def _state_adapter() -> TypeAdapter[ControllerState]:
+    """The state's validator, built on first use: at import it cost every CLI command ~40 ms."""
+    return TypeAdapter(ControllerState)
 
 
 @dataclass(frozen=True)

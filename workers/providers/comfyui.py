@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from workers.providers.base import JobStatus
-from workers.providers.http import HttpClient
 from workers.types import ImageRequest
+
+if TYPE_CHECKING:  # annotations only: checking a config (`imgrun submit`) skips aiohttp
+    from workers.providers.http import HttpClient
 
 OPTIONS: dict[str, Any] = {
     # An API-format workflow; string values "$prompt", "$seed", "$width", "$height",

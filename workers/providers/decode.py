@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workers.providers.http import HttpClient
+if TYPE_CHECKING:  # annotations only: checking a config (`imgrun submit`) skips aiohttp
+    from workers.providers.http import HttpClient
 
 
 def b64_image(http: HttpClient, where: str, value: Any) -> bytes:

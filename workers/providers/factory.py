@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-import aiohttp
 from yarl import URL
 
 from workers.kinds import PROVIDER_POOLS
@@ -12,9 +11,11 @@ from workers.kinds import PoolName as Pool
 from workers.providers import comfyui, lumina, null, openai_images
 from workers.providers.base import QueueProvider, StandardProvider
 from workers.providers.config import ProviderConfig, ProviderConfigError
-from workers.providers.http import HttpClient
 from workers.providers.limits import COMMON_OPTIONS, max_response_bytes
 from workers.providers.retry import RequestRetryPolicy
+
+if TYPE_CHECKING:  # `imgrun submit` checks a config here, without importing aiohttp
+    import aiohttp
 
 # The options each type's adapters take. The sim feeds both pools from one
 # [providers.sim] section, so it accepts both adapters' options, and it takes seed and
@@ -97,6 +98,8 @@ def build_provider(
     options = adapter_options(config, pool)
     if config.type == "null":
         return null.NullProvider(options=options)
+    from workers.providers.http import HttpClient  # aiohttp: only when a provider is built
+
     http = HttpClient(
         session,
         name=config.name,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from workers.providers.base import JobState, JobStatus
-from workers.providers.http import HttpClient
 from workers.types import ImageRequest
+
+if TYPE_CHECKING:  # annotations only: checking a config (`imgrun submit`) skips aiohttp
+    from workers.providers.http import HttpClient
 
 OPTIONS: dict[str, Any] = {
     "body": {},  # extra submit fields

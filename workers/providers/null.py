@@ -6,8 +6,6 @@ import functools
 import io
 from typing import Any
 
-from PIL import Image
-
 from workers.providers.base import JobStatus
 from workers.types import ImageRequest
 
@@ -21,6 +19,8 @@ OPTIONS: dict[str, Any] = {
 @functools.cache
 def tiny_png() -> bytes:
     """A fixed 1x1 grey PNG."""
+    from PIL import Image  # only when asked for PNGs; not on every import of the factory
+
     out = io.BytesIO()
     Image.new("L", (1, 1), 128).save(out, "PNG")
     return out.getvalue()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.providers.decode import b64_image, expect_count
-from workers.providers.http import HttpClient
 from workers.types import ImageRequest
+
+if TYPE_CHECKING:  # annotations only: checking a config (`imgrun submit`) skips aiohttp
+    from workers.providers.http import HttpClient
 
 # extra options of type "openai" (and "sim", which sends seed and polish too).
 OPTIONS: dict[str, Any] = {
