@@ -41,6 +41,7 @@ from workers.types import ImageRequest, WorkResult
 log = logging.getLogger(__name__)
 
 REFILL_SHARE = 4  # refill once 1/REFILL_SHARE of the pool is free (see refill_at)
+CLAIM_SHARE = 2  # one claim takes at most 1/CLAIM_SHARE of the pool (see claim_size)
 AT_LIMIT_RETRY = 0.05  # seconds: a provider at its fleet limit frees slots as any runner finishes
 FINAL_FLUSH_TIMEOUT = 5.0  # seconds at exit to record what is left; leases cover the rest
 # The subtask whose attempt runs in this task: names it on errors its retries absorb.
@@ -69,6 +70,16 @@ def refill_at(limit: int, running: int) -> int:
 def attempt_timeout(pool: Pool) -> float | None:
     """The deadline the pool's crew puts on an attempt: a polling pool's worker keeps its own."""
     return None if pool_kind(pool.name).polls else pool.config.timeout
+
+
+def claim_size(limit: int) -> int:
+    """The most one claim takes: a share of the limit, so the next claim overlaps the work.
+
+    A claim of the whole pool leaves nothing to run while the next one is in the database;
+    with half, one half runs while the other half's claim is out (and an idle runner with a
+    single subtask due still claims it at once).
+    """
+    return max(1, limit // CLAIM_SHARE)
 
 
 @dataclass(frozen=True)
@@ -278,7 +289,8 @@ class Executor:
             if free < refill_at(pool.limit, pool.running):
                 await pool.wakeup.wait(poll)
                 continue
-            claimed, wait = await self._claim(pool, free)
+            asked = min(free, claim_size(pool.limit))
+            claimed, wait = await self._claim(pool, asked)
             if self.stop_requested.is_set():
                 return
             assert self._work_group is not None
@@ -287,7 +299,7 @@ class Executor:
             for row in claimed:
                 self._held[row.id] = row
                 crew.hand(row, self._work_group)
-            if len(claimed) < free:
+            if len(claimed) < asked:
                 # Drained what is due: sleep until notified (new work, a freed slot) or poll.
                 self.idle_wakeup.notify()
                 await pool.wakeup.wait(min(poll, wait))
