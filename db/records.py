@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 
 class TaskIsCanceled(Exception):
@@ -38,9 +38,12 @@ class NewTask:
 SubtaskRow = tuple[int, str, str]
 
 
-@dataclass(frozen=True)
-class ClaimedSubtask:
-    """A subtask this runner now holds a lease on."""
+class ClaimedSubtask(NamedTuple):
+    """A subtask this runner now holds a lease on.
+
+    A named tuple, like the two records below it on the hot path: built straight from the
+    claim's row, and a frozen dataclass's __init__ costs ~1.5 µs per subtask, four times it.
+    """
 
     id: int
     task_id: int
@@ -59,8 +62,7 @@ class ClaimedSubtask:
 OutcomeKind = Literal["completed", "failed", "canceled", "retry", "defer", "release"]
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How one attempt ended.
 
     kind: completed | failed | canceled (final); retry (spends the retry budget),

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from workers.headers import RateLimitInfo
 from workers.kinds import RATIO_SIZES
 
 
-@dataclass(frozen=True)
-class ImageRequest:
-    """One subtask's generation request, as a provider sees it."""
+class ImageRequest(NamedTuple):
+    """One subtask's generation request, as a provider sees it (built once per attempt)."""
 
     task_id: int
     subtask_id: int

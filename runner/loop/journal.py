@@ -79,7 +79,9 @@ def encode(executor_id: str, pid: int, outcomes: Sequence[Outcome]) -> bytes:
     """A journal's bytes: a header line, then one outcome per line (pure)."""
     header = {"imgrun_journal": FORMAT, "executor_id": executor_id, "pid": pid}
     lines = [json.dumps({**header, "outcomes": len(outcomes)})]
-    lines += [json.dumps(OutcomeLine(**vars(o)).model_dump(), allow_nan=False) for o in outcomes]
+    lines += [
+        json.dumps(OutcomeLine(**o._asdict()).model_dump(), allow_nan=False) for o in outcomes
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from workers.kinds import RATIO_SIZES, Ratio
 from workers.types import ImageRequest
 
 
-@dataclass(frozen=True)
-class SubtaskParams:
+class SubtaskParams(NamedTuple):
     """What a provider needs besides the prompt."""
 
     seed: int
