@@ -97,9 +97,13 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
-async def explain(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """The nodes of the plan PostgreSQL picks for `sql` (not executed)."""
+async def explain(
+    engine: AsyncEngine, sql: str, params: dict[str, Any], *, generic: bool = False
+) -> list[dict[str, Any]]:
+    """The nodes of the plan PostgreSQL picks for `sql` (not executed); `generic`: as cached."""
     async with engine.connect() as connection:
+        if generic:  # the plan made without the parameters' values, as imgrun_claim runs it
+            await connection.execute(text("SET plan_cache_mode = force_generic_plan"))
         raw = (await connection.execute(text(f"EXPLAIN (FORMAT JSON) {sql}"), params)).scalar_one()
     data = json.loads(raw) if isinstance(raw, str) else raw
     return plan_nodes(data[0]["Plan"])
@@ -119,14 +123,15 @@ async def test_claim_and_first_turn_are_one_index_scan_without_sort(
     await claim_rows(store, "standard", 10, "r1", 60.0)
     async with engine.begin() as connection:
         await connection.execute(text("ANALYZE subtasks"))
-    # imgrun_claim()'s pick (migration 0006), as the function runs it: a generic plan, n a
-    # parameter. Written out here because a function body cannot be EXPLAINed.
+    # imgrun_claim()'s pick (migration 0006), as the function runs it: a generic plan (forced
+    # since 0007), n a parameter. Written out here because a function body cannot be EXPLAINed.
     claim = await explain(
         engine,
         "SELECT id FROM subtasks WHERE status = 'pending' AND pool = :pool"
         " AND provider = :provider AND run_after <= now()"
         " ORDER BY priority DESC, turn, id LIMIT CAST(:n AS int) FOR UPDATE SKIP LOCKED",
         {"n": 10, "provider": "sim", "pool": "standard"},
+        generic=True,
     )
     first_turn = await explain(
         engine,

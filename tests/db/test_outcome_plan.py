@@ -17,9 +17,9 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_outcome_statement_never_reads_the_lease_index(engine: AsyncEngine) -> None:
-    """The fence finds reported rows by primary key, never via the rows-held lease index.
+    """The fence finds reported rows by primary key, never via the in-flight index.
 
-    Statistics gathered while nothing is processing make the partial lease index look
+    Statistics gathered while nothing is processing make the partial in-flight index look
     empty. A plan that drives the statement from it rescans the outcome list once per held
     row: 27 s for 5,000 outcomes with 20,000 rows held, hours at the sizes of the stall.
     Hash and merge joins are switched off to leave the planner only that kind of choice.
@@ -46,6 +46,6 @@ async def test_outcome_statement_never_reads_the_lease_index(engine: AsyncEngine
             text("EXPLAIN (ANALYZE, FORMAT JSON) " + str(queries.APPLY_OUTCOMES)), params
         )
         plan_text = json.dumps(plan.scalar_one())
-    assert "ix_subtasks_lease" not in plan_text
+    assert "ix_subtasks_in_flight" not in plan_text
     # And it did its job: the 50 reported rows completed, the other held rows untouched.
     assert await status_counts(engine) == {"completed": 50, "processing": 1450, "pending": 500}
