@@ -1,6 +1,11 @@
 """PostgreSQL's CPU per subtask on the hot path: the claim and outcome statements alone.
 
     .venv/bin/python -m bench.server_cost [--subtasks 20000] [--runs 3] [--revisions 0006,head]
+        [--claim 25] [--batch 25] [--in-flight 100]
+
+A revision may end in `+async-commit` (e.g. `--revisions head,head+async-commit`): the same
+drain with synchronous_commit off, to see what the WAL flush at each commit costs
+(measurement only; imgrun never turns it off).
 
 On a private embedded server, for each schema revision (alternating, `--runs` times each),
 a fresh database gets one task of `null` subtasks and one provider row (limit `--in-flight`);
@@ -185,13 +190,19 @@ async def drain(
     return claims, flushes
 
 
-async def measure(server_url: str, revision: str, run: int, shape: Shape) -> Cost:
-    """One fresh database at `revision`, drained; its figures."""
-    label = revision.replace("-", "_")
+async def measure(server_url: str, variant: str, run: int, shape: Shape) -> Cost:
+    """One fresh database at the variant's revision, drained; its figures."""
+    revision, _, option = variant.partition("+")
+    if option not in ("", "async-commit"):
+        raise SystemExit(f"unknown option {option!r} in {variant!r} (known: async-commit)")
+    async_commit = option == "async-commit"
+    label = "".join(c if c.isalnum() else "_" for c in variant)
     url = await prepare(server_url, f"cost_{label}_{run}", revision, shape)
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
     connection = await asyncpg.connect(dsn)
     try:
+        if async_commit:  # measurement only: what the WAL flush at each commit costs
+            await connection.execute("SET synchronous_commit = off")
         backend = psutil.Process(await connection.fetchval("SELECT pg_backend_pid()"))
         cpu0, own0, t0 = await server_cpu(url), _cpu(backend), time.perf_counter()
         clock = Clock(backend.pid)
@@ -203,7 +214,7 @@ async def measure(server_url: str, revision: str, run: int, shape: Shape) -> Cos
         await _drop(server_url, f"cost_{label}_{run}")  # no autovacuum of it in later runs
     per = 1e6 / shape.subtasks
     claim, outcome = (clock.ns[kind] / 1e3 * per / 1e6 for kind in ("claim", "outcome"))
-    return Cost(revision, cpu * per, own * per, claim, outcome, wall * per, claims, flushes)
+    return Cost(variant, cpu * per, own * per, claim, outcome, wall * per, claims, flushes)
 
 
 def _cpu(process: psutil.Process) -> float:

@@ -265,7 +265,7 @@ APPLY_OUTCOMES = text(
     locked AS (
         -- Lock the reported rows by primary key, in id order: concurrent writers never
         -- deadlock. No status predicate here on purpose: with one, the planner may read the
-        -- partial lease index (statistics taken when nothing was processing say it is
+        -- partial in-flight index (statistics taken when nothing was processing say it is
         -- empty) as the outer side of a nested loop that rescans the input once per held
         -- row -- quadratic, and the cause of the backlog stall.
         SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts, s.result
