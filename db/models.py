@@ -113,22 +113,14 @@ class Subtask(Base):
             "id",
             postgresql_where=text("status = 'pending'"),
         ),
-        # A provider's subtasks in flight across the fleet: what its limit bounds.
+        # The subtasks in flight, one index for all their readers (every claimed row goes
+        # into each partial index it matches, so fewer is cheaper): a provider's count across
+        # the fleet (what its limit bounds), the rows one runner process holds (released when
+        # its heartbeat goes stale) and the reaper's lease backstop (a scan of the set).
         Index(
             "ix_subtasks_in_flight",
             "provider",
-            postgresql_where=text("status = 'processing'"),
-        ),
-        # The rows one runner process holds: what is released when its heartbeat goes stale.
-        Index(
-            "ix_subtasks_holder",
             "executor_id",
-            postgresql_where=text("status = 'processing'"),
-        ),
-        # The reaper's backstop looks only at in-flight rows.
-        Index(
-            "ix_subtasks_lease",
-            "lease_expires_at",
             postgresql_where=text("status = 'processing'"),
         ),
         # The status view's throughput window: a range scan over recent completions only

@@ -222,36 +222,39 @@ APPLY_OUTCOMES = text(
         ) AS i(id, attempt, kind, executor_id, result, error, delay, reset_job)
     ),
     locked AS (
-        -- Lock the reported rows by primary key, in id order: concurrent writers never
-        -- deadlock. No status predicate here on purpose: with one, the planner may read the
-        -- partial lease index (statistics taken when nothing was processing say it is
-        -- empty) as the outer side of a nested loop that rescans the input once per held
-        -- row -- quadratic, and the cause of the backlog stall.
-        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts, s.result
-        FROM subtasks s
-        WHERE s.id = ANY(CAST(:ids AS bigint[]))
+        -- Lock the reported rows, in id order: concurrent writers never deadlock. Each row
+        -- is found from its outcome by primary key (one probe per outcome) and carries that
+        -- outcome on: nothing below joins the outcomes to the rows again. (Joining two CTEs
+        -- made a nested loop in the generic plan, which estimates 10 outcomes: n x n
+        -- comparisons per statement.) No status predicate here on purpose: with one, the
+        -- planner may read the partial in-flight index (statistics taken when nothing was
+        -- processing say it is empty) as the outer side of a nested loop that rescans the
+        -- input once per held row -- quadratic, and the cause of the backlog stall.
+        SELECT s.id, s.task_id, s.status, s.executor_id, s.attempts, s.result,
+               i.attempt, i.kind, i.executor_id AS reported_by, i.result AS new_result,
+               i.error, i.delay, i.reset_job
+        FROM input i
+        JOIN subtasks s ON s.id = i.id
         ORDER BY s.id
-        FOR UPDATE
+        FOR UPDATE OF s
     ), fenced AS (
         -- Only the lease holder may move a row on: a reaped and re-claimed subtask has
         -- another executor or attempt number, and the stale outcome is dropped.
-        SELECT l.id, i.kind, i.result, i.error, i.delay, i.reset_job,
+        SELECT l.id, l.kind, l.new_result AS result, l.error, l.delay, l.reset_job,
                -- Work still to do on a canceled task stops here.
-               CASE WHEN t.status = 'canceled' AND i.kind IN ('retry', 'defer', 'release')
-                    THEN 'canceled' ELSE i.kind END AS effective
+               CASE WHEN t.status = 'canceled' AND l.kind IN ('retry', 'defer', 'release')
+                    THEN 'canceled' ELSE l.kind END AS effective
         FROM locked l
-        JOIN input i ON i.id = l.id
         JOIN tasks t ON t.id = l.task_id
-        WHERE l.status = 'processing' AND l.executor_id = i.executor_id
-          AND l.attempts = i.attempt
+        WHERE l.status = 'processing' AND l.executor_id = l.reported_by
+          AND l.attempts = l.attempt
     ), recorded_before AS (
         -- The very same completion, already recorded (a flush retried after its commit, a
         -- journal replayed twice): it stands, so its images must not be discarded.
         SELECT l.id
         FROM locked l
-        JOIN input i ON i.id = l.id
-        WHERE l.status = 'completed' AND i.kind = 'completed'
-          AND l.result = CAST(i.result AS jsonb)
+        WHERE l.status = 'completed' AND l.kind = 'completed'
+          AND l.result = CAST(l.new_result AS jsonb)
     ), updated AS (
         UPDATE subtasks s
         SET status = CASE WHEN f.effective IN ('completed', 'failed', 'canceled')

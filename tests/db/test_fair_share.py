@@ -105,6 +105,27 @@ async def explain(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> list
     return plan_nodes(data[0]["Plan"])
 
 
+async def explain_generic(
+    engine: AsyncEngine, sql: str, types: str, args: str, *, analyze: bool = False
+) -> list[dict[str, Any]]:
+    """The generic plan of `sql` ($1…, of `types`), as a cached plan runs it, for `args`.
+
+    EXPLAIN of a statement with bound parameters plans it for their values (a custom plan),
+    whatever plan_cache_mode says; only a prepared statement's EXECUTE shows the generic one.
+    Analyzed plans are rolled back.
+    """
+    options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
+    async with engine.connect() as connection, connection.begin() as transaction:
+        await connection.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        await connection.exec_driver_sql(f"PREPARE generic_plan ({types}) AS {sql}")
+        raw = (
+            await connection.exec_driver_sql(f"EXPLAIN ({options}) EXECUTE generic_plan ({args})")
+        ).scalar_one()
+        await transaction.rollback()
+    data = json.loads(raw) if isinstance(raw, str) else raw
+    return plan_nodes(data[0]["Plan"])
+
+
 async def test_claim_and_first_turn_are_one_index_scan_without_sort(
     engine: AsyncEngine, store: PgStore
 ) -> None:
@@ -119,14 +140,15 @@ async def test_claim_and_first_turn_are_one_index_scan_without_sort(
     await claim_rows(store, "standard", 10, "r1", 60.0)
     async with engine.begin() as connection:
         await connection.execute(text("ANALYZE subtasks"))
-    # imgrun_claim()'s pick (migration 0006), as the function runs it: a generic plan, n a
-    # parameter. Written out here because a function body cannot be EXPLAINed.
-    claim = await explain(
+    # imgrun_claim()'s pick (migration 0006), as the function runs it: a generic plan (forced
+    # since 0007), n a parameter. Written out here because a function body cannot be EXPLAINed.
+    claim = await explain_generic(
         engine,
-        "SELECT id FROM subtasks WHERE status = 'pending' AND pool = :pool"
-        " AND provider = :provider AND run_after <= now()"
-        " ORDER BY priority DESC, turn, id LIMIT CAST(:n AS int) FOR UPDATE SKIP LOCKED",
-        {"n": 10, "provider": "sim", "pool": "standard"},
+        "SELECT id FROM subtasks WHERE status = 'pending' AND pool = $1"
+        " AND provider = $2 AND run_after <= now()"
+        " ORDER BY priority DESC, turn, id LIMIT $3 FOR UPDATE SKIP LOCKED",
+        "text, text, int",
+        "'standard', 'sim', 10",
     )
     first_turn = await explain(
         engine,
