@@ -2,7 +2,7 @@
 
 Every query here is sized by what is *active* (active tasks, live executors), never by the
 whole subtasks table nor by the completion rate: task counters give progress and the queue
-depth, the partial lease index gives what is in flight, and throughput comes from the
+depth, the partial in-flight index gives what is in flight, and throughput comes from the
 completion rollups the runners write into their executors rows each heartbeat (so reading it
 costs O(runners); the old ``ix_subtasks_completed_at`` range scan grew with completions/s —
 the index is still in the schema but nothing here uses it). Turning the rows into rates, ETAs
@@ -58,7 +58,7 @@ QUERIES: dict[str, str] = {
     """,
     # In flight, per pool, split by whether the task is still active: a canceled task's
     # in-flight rows are no longer part of its counters' "remaining". Only the small partial
-    # lease index (status = 'processing') is read.
+    # in-flight index (status = 'processing') is read.
     "processing": """
         SELECT s.pool, t.status IN ('pending', 'running') AS active, count(*) AS n
         FROM subtasks s JOIN tasks t ON t.id = s.task_id
