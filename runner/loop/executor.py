@@ -161,6 +161,8 @@ class Executor:
     def request_stop(self) -> None:
         """Stop claiming; in-flight work drains within the grace period."""
         self.stop_requested.set()
+        for pool in self.pools.values():
+            pool.wakeup.notify()  # a claim loop waiting for slots or work returns now
 
     def abort(self) -> None:
         """Stop at once, even mid-flush: what is not recorded stays leased and fenced."""
@@ -199,11 +201,14 @@ class Executor:
                     for crew in self.crews.values():
                         if crew.timeout is not None:
                             work.start_soon(crew.watch)
+                    # Claim loops are not cancelled: each returns once a stop is requested
+                    # (never between a claim's commit and its rows, which would strand them).
                     async with anyio.create_task_group() as claimers:
                         for pool in self.pools.values():
-                            claimers.start_soon(self._resilient, self._claim_loop, pool)
-                        await self.stop_requested.wait()
-                        claimers.cancel_scope.cancel()
+                            claim_loop = functools.partial(
+                                self._resilient, self._claim_loop, pool, sleep=self._pause
+                            )
+                            claimers.start_soon(claim_loop)
                     await self._drain()
                     work.cancel_scope.cancel()
                 self._release_leftovers()
@@ -240,9 +245,15 @@ class Executor:
                     await self.recorder.flush()
                     await self.store.mark_executor_stopped(self.executor_id, self.snapshot())
 
-    async def _resilient(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
+    async def _resilient(
+        self,
+        loop: Callable[..., Awaitable[None]],
+        *args: Any,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
         """Run a loop; if the database goes away, wait it out (backing off) and start again."""
         retrying = tenacity.AsyncRetrying(
+            sleep=sleep,
             retry=tenacity.retry_if_exception(is_transient_db_error),
             wait=tenacity.wait_exponential(multiplier=0.5, max=30) + tenacity.wait_random(0, 0.5),
             before_sleep=lambda state: log.warning(
@@ -255,6 +266,11 @@ class Executor:
         async for attempt in retrying:
             with attempt:
                 await loop(*args)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a stop is requested meanwhile."""
+        with anyio.move_on_after(seconds):
+            await self.stop_requested.wait()
 
     async def _drain(self) -> None:
         """Wait (up to shutdown_grace) until everything held is finished and recorded."""
@@ -284,7 +300,7 @@ class Executor:
 
     async def _claim_loop(self, pool: Pool) -> None:
         poll = self.settings.poll_interval
-        while True:
+        while not self.stop_requested.is_set():
             free = pool.free
             if free < refill_at(pool.limit, pool.running):
                 await pool.wakeup.wait(poll)
@@ -317,27 +333,24 @@ class Executor:
         rows: list[ClaimedSubtask] = []
         wait = self.settings.poll_interval
         try:
-            # Shielded: a claim cancelled after its commit would strand rows until their
-            # lease expires; rows claimed as a stop arrives are handed back.
-            with anyio.CancelScope(shield=True):
-                for provider in self._providers_to_claim(pool):
-                    batch = await self.store.claim(
-                        pool.name, provider, free - len(rows), self.executor_id, self.settings.lease
-                    )
-                    rows.extend(batch.rows)
-                    if batch.cooldown > 0:
-                        self._paused_providers[provider] = self.clock() + batch.cooldown
-                        wait = min(wait, batch.cooldown)
-                    elif batch.at_limit:
-                        wait = min(wait, AT_LIMIT_RETRY)
-                    if len(rows) == free:
-                        break
-                if self.stop_requested.is_set():
-                    for row in rows:
-                        self.recorder.record(
-                            Outcome(row.id, row.attempts, "release", self.executor_id)
-                        )
-                    rows = []
+            # Never cancelled (see run): a claim cut off after its commit would strand rows
+            # until the runner is found dead. Rows claimed as a stop arrives are handed back.
+            for provider in self._providers_to_claim(pool):
+                batch = await self.store.claim(
+                    pool.name, provider, free - len(rows), self.executor_id, self.settings.lease
+                )
+                rows.extend(batch.rows)
+                if batch.cooldown > 0:
+                    self._paused_providers[provider] = self.clock() + batch.cooldown
+                    wait = min(wait, batch.cooldown)
+                elif batch.at_limit:
+                    wait = min(wait, AT_LIMIT_RETRY)
+                if len(rows) == free:
+                    break
+            if self.stop_requested.is_set():
+                for row in rows:
+                    self.recorder.record(Outcome(row.id, row.attempts, "release", self.executor_id))
+                rows = []
         finally:
             pool.running -= free - len(rows)
         return rows, wait
