@@ -19,7 +19,8 @@ MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 # What the postmaster is started with. No TCP at all; the socket goes in the data directory
 # (0700, owned by the server's user), named relative to it: the postmaster runs from there,
 # so however long IMGRUN_HOME is the path it binds stays short. The socket itself is 0700 too.
-SERVER_OPTIONS = "-h '' -k . -c unix_socket_permissions=0700"
+# autovacuum_naptime: a queue table churns; check every 2 s, not every minute (see 0008).
+SERVER_OPTIONS = "-h '' -k . -c unix_socket_permissions=0700 -c autovacuum_naptime=2"
 SOCKET_DIR_MARK = "."  # what postmaster.pid then records as the socket directory
 
 
