@@ -55,8 +55,12 @@ async def queue_synthetic(
     provider: str = "sim",
     max_retries: int = 3,
     priority: int = 1,
+    upgrade: bool = True,
 ) -> int:
-    """A migrated database with one task of `n` plain subtasks; returns the task id."""
+    """A database (migrated unless `upgrade` is False) with one task of `n` plain subtasks.
+
+    Returns the task id.
+    """
     from db.engine import open_engine
     from db.queries import NewTask, submit_task
 
@@ -77,7 +81,7 @@ async def queue_synthetic(
         total_images=n,
     )
     rows = ((i, f"{name} {i}", f'{{"seed": {i}, "ratio": "1:1"}}') for i in range(n))
-    async with open_engine(url) as engine:
+    async with open_engine(url, upgrade=upgrade) as engine:
         return await submit_task(engine, task, rows)
 
 

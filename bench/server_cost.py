@@ -29,7 +29,7 @@ import anyio
 import asyncpg
 import psutil
 
-from bench.common import embedded_server, fresh_database, median, server_cpu
+from bench.common import embedded_server, fresh_database, median, queue_synthetic, server_cpu
 
 PROVIDER = "null"
 POOL = "standard"
@@ -64,7 +64,6 @@ class Cost:
 
 async def prepare(server_url: str, name: str, revision: str, shape: Shape) -> str:
     """A fresh database at `revision` with the provider row and the queued task; its DSN."""
-    from bench.common import queue_synthetic
     from db.engine import open_engine
     from db.migrate import migrate
     from db.provider_queries import register_providers
@@ -92,28 +91,7 @@ async def prepare(server_url: str, name: str, revision: str, shape: Shape) -> st
 
 async def _queue_at(url: str, name: str, n: int) -> None:
     """queue_synthetic's task without migrating (the schema stays at its revision)."""
-    from db.engine import open_engine
-    from db.queries import NewTask, submit_task
-
-    task = NewTask(
-        name=name,
-        user_id="bench",
-        pool=POOL,
-        provider=PROVIDER,
-        priority=1,
-        prompts=[f"{name} {{i}}"],
-        variables={},
-        ratio="1:1",
-        seed=0,
-        batch_size=1,
-        polish=False,
-        max_retries=3,
-        total_subtasks=n,
-        total_images=n,
-    )
-    rows = ((i, f"{name} {i}", f'{{"seed": {i}, "ratio": "1:1"}}') for i in range(n))
-    async with open_engine(url, upgrade=False) as engine:
-        await submit_task(engine, task, rows)
+    await queue_synthetic(url, name, n, pool=POOL, provider=PROVIDER, upgrade=False)
 
 
 async def _drop(server_url: str, name: str) -> None:
