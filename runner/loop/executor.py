@@ -377,9 +377,9 @@ class Executor:
 
     def _release_leftovers(self) -> None:
         """Hand back the rows no worker started before the work group was cancelled."""
-        for crew in self.crews.values():
+        for name, crew in self.crews.items():
+            pool = self.pools[name]
             for row in crew.leftovers():
-                pool = self.pools[row.pool]
                 pool.finished()
                 self.recorder.record(
                     Outcome(row.id, row.attempts, "release", self.executor_id),
