@@ -21,6 +21,8 @@ def test_small_chaos_soak_keeps_every_promise() -> None:
         timeout=100,
         check=False,
     )
+    tail = done.stderr.decode(errors="replace")[-4000:]
+    assert done.stdout, f"the soak printed no report (exit {done.returncode}):\n{tail}"
     report = json.loads(done.stdout)
     events, found = report["events"], report["findings"]
     assert events["kill"] + events["term"] >= 6
@@ -29,5 +31,5 @@ def test_small_chaos_soak_keeps_every_promise() -> None:
     assert sum(found["by_status"].values()) == 150
     assert found["images_checked"] == found["by_status"].get("completed", 0) > 0
     violations = {k: v for k, v in found.items() if isinstance(v, list) and v}
-    assert violations == {}
+    assert violations == {}, tail
     assert done.returncode == 0
