@@ -12,16 +12,34 @@ import pytest
 SMALL = ["--subtasks", "150", "--seconds", "10", "--events", "6", "--max-retries", "3"]
 
 
-@pytest.mark.timeout(110)
-def test_small_chaos_soak_keeps_every_promise() -> None:
-    """Kills, terms, a PostgreSQL restart and a fault storm: nothing lost, nothing paid twice."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", *SMALL, "--json"],
+def soak(seed: int) -> subprocess.CompletedProcess[bytes]:
+    """One small soak; its JSON report on stdout (none if the harness itself failed)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench.chaos", *SMALL, "--seed", str(seed), "--json"],
         capture_output=True,
         timeout=100,
         check=False,
     )
-    tail = done.stderr.decode(errors="replace")[-4000:]
+
+
+def stderr_tail(done: subprocess.CompletedProcess[bytes]) -> str:
+    """The end of what the soak wrote to stderr."""
+    return done.stderr.decode(errors="replace")[-4000:]
+
+
+@pytest.mark.timeout(230)
+def test_small_chaos_soak_keeps_every_promise() -> None:
+    """Kills, terms, a PostgreSQL restart and a fault storm: nothing lost, nothing paid twice.
+
+    A soak that ends without a report failed in its harness (ports, a restart, process
+    waits) before any verdict: its stderr is printed and it runs once more. A report with a
+    violation is never retried.
+    """
+    done = soak(seed=1)
+    if not done.stdout:
+        print(f"the soak printed no report (exit {done.returncode}):\n{stderr_tail(done)}")
+        done = soak(seed=2)
+    tail = stderr_tail(done)
     assert done.stdout, f"the soak printed no report (exit {done.returncode}):\n{tail}"
     report = json.loads(done.stdout)
     events, found = report["events"], report["findings"]
