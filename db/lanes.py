@@ -7,20 +7,28 @@ pooled connection and its driver between such statements: a checkout and return 
 (a greenlet hop that also slows the statement after it) — more than a one-row claim on an
 idle runner's dispatch path. A lane gives its connection back to the pool after any failure
 (which invalidates it if unfit) and when it sat idle for IDLE_PING_AFTER, so the pool pings
-it before the next use exactly as it does any idle connection.
+it before the next use exactly as it does any idle connection. A runner's claim lanes also
+LISTEN for wake-ups: the claim then goes to the server process the notification just woke,
+which answers sooner than one asleep since its last statement (PERFORMANCE.md §10).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db.engine import IDLE_PING_AFTER
+from db.engine import IDLE_PING_AFTER, is_transient_db_error
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAY = 1.0  # seconds; meanwhile the runner's fallback poll keeps it working
 
 
 async def fetch_on(
@@ -51,7 +59,12 @@ async def fetch_raw(connection: AsyncConnection, query: str, *args: Any) -> list
 
 
 class Lane:
-    """One pooled connection held between statements; one statement at a time."""
+    """One pooled connection held between statements; one statement at a time.
+
+    A lane may also LISTEN (`listen`): notifications then arrive on the very connection the
+    lane's statements use, so a claim made on a wake-up reaches the server process the
+    notification just woke, not one asleep since its last statement.
+    """
 
     def __init__(
         self,
@@ -63,58 +76,130 @@ class Lane:
         self.engine = engine
         self.idle_after = idle_after
         self._clock = clock
-        self._connection: AsyncConnection | None = None
-        self._driver: asyncpg.Connection | None = None
+        self._held: Held | None = None
         self._last_used = 0.0
-        self._busy = False
+        # asyncio's own lock: anyio's yields to the event loop on every acquire, a hop on the
+        # dispatch path of every claim.
+        self._turn = asyncio.Lock()
+        self._listening: Listening | None = None
+        self._lost = anyio.Event()  # set when the held connection is given back or dies
 
     @property
     def holding(self) -> bool:
         """Whether a connection is checked out right now."""
-        return self._connection is not None
+        return self._held is not None
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
         """Run one statement on the held connection (checked out anew if none, or idle)."""
-        # Each lane has one user (a pool's claim loop, the recorder under its lock): a second
-        # statement at once would be a bug, and asyncpg would refuse it less clearly.
-        if self._busy:
-            raise RuntimeError("a lane runs one statement at a time")
-        self._busy = True
-        try:
-            if self._connection is not None and self._clock() - self._last_used >= self.idle_after:
+        async with self._turn:
+            held = self._held
+            if held is not None and (held.driver.is_closed() or self._idle()):
                 await self._give_back()
-            if self._connection is None or self._driver is None:
-                self._connection, self._driver = await self._check_out()
+                held = None
+            if held is None:
+                held = self._held = await self._check_out()
             try:
-                records = await fetch_on(self._connection, self._driver, query, *args)
+                records = await fetch_on(held.connection, held.driver, query, *args)
             except BaseException:
                 await self._give_back()
                 raise
             self._last_used = self._clock()
             return records
+
+    async def listen(
+        self,
+        channel: str,
+        on_notify: Callable[[str | None], None],
+        *,
+        reconnect_delay: float = RECONNECT_DELAY,
+    ) -> None:
+        """LISTEN on `channel` until cancelled, on a connection checked out anew when lost.
+
+        `on_notify(payload)` runs for every notification, and `on_notify(None)` each time the
+        lane starts listening (again): what was notified while it was not is unknown.
+        """
+        if self._listening is not None:
+            raise RuntimeError("a lane listens on one channel")
+        async with self._turn:
+            await self._give_back()  # a connection checked out before it listened
+            self._listening = Listening(channel, on_notify)
+        try:
+            while True:
+                try:
+                    async with self._turn:
+                        if self._held is None or self._held.driver.is_closed():
+                            await self._give_back()
+                            self._held = await self._check_out()
+                        lost = self._lost
+                    await lost.wait()
+                except Exception as exc:
+                    if not is_transient_db_error(exc):
+                        raise
+                    log.warning("wake-up listener lost its connection (%s); reconnecting", exc)
+                await anyio.sleep(reconnect_delay)
         finally:
-            self._busy = False
+            with anyio.CancelScope(shield=True):
+                async with self._turn:
+                    await self._give_back()
+                    self._listening = None
 
     async def close(self) -> None:
         """Give the connection back to the pool."""
-        await self._give_back()
+        async with self._turn:
+            await self._give_back()
 
-    async def _check_out(self) -> tuple[AsyncConnection, asyncpg.Connection]:
+    def _idle(self) -> bool:
+        # A listening lane is never idle: it waits for notifications, and sees a loss at once.
+        return self._listening is None and self._clock() - self._last_used >= self.idle_after
+
+    async def _check_out(self) -> Held:
         connection = await self.engine.connect()
+        lost = anyio.Event()
         try:
             driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            listening = self._listening
+            if listening is not None:
+                await driver.add_listener(listening.channel, listening.deliver)
+                driver.add_termination_listener(lambda _connection: lost.set())
         except BaseException:
             with anyio.CancelScope(shield=True):
+                await connection.invalidate()  # never a connection with our listener to the pool
                 await connection.close()
             raise
-        assert driver is not None
-        return connection, driver
+        self._lost = lost
+        self._last_used = self._clock()
+        if listening is not None:
+            listening.on_notify(None)
+        return Held(connection, driver)
 
     async def _give_back(self) -> None:
-        connection, self._connection, self._driver = self._connection, None, None
-        if connection is not None:
+        held, self._held = self._held, None
+        self._lost.set()
+        if held is not None:
             with anyio.CancelScope(shield=True):
-                await connection.close()
+                if self._listening is not None:
+                    # Its LISTEN would outlive us in the pool: close it instead.
+                    await held.connection.invalidate()
+                await held.connection.close()
+
+
+class Held(NamedTuple):
+    """A lane's checked-out connection and its asyncpg driver."""
+
+    connection: AsyncConnection
+    driver: asyncpg.Connection
+
+
+class Listening(NamedTuple):
+    """What a listening lane LISTENs on, and whom it tells."""
+
+    channel: str
+    on_notify: Callable[[str | None], None]
+
+    def deliver(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        """asyncpg's notification callback."""
+        self.on_notify(payload)
 
 
 async def fetch_hot(source: AsyncEngine | Lane, query: str, *args: Any) -> list[Any]:

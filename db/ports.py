@@ -115,8 +115,8 @@ class QueueSignals(Protocol):
         """Which of these tasks have been canceled."""
         ...
 
-    async def listen(self, on_wake: Callable[[str], None]) -> None:
-        """Call `on_wake(pool)` whenever work is submitted or requeued; runs until canceled."""
+    async def listen(self, pools: Sequence[str], on_wake: Callable[[str], None]) -> None:
+        """Call `on_wake(pool)` when work of `pools` is submitted or requeued; until cancelled."""
         ...
 
 

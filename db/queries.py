@@ -209,7 +209,10 @@ async def claim(
         return ClaimBatch([], cooldown=float(first["cooldown"]))
     # Positional: the function's columns after (headroom, cooldown) are ClaimedSubtask's.
     rows = [ClaimedSubtask(*record[2:]) for record in records if record["id"] is not None]
-    return ClaimBatch(rows, at_limit=first["headroom"] < n)
+    # Bound by the limit (or rpm budget) only when it took all the room they left: fewer rows
+    # mean the queue ran dry, and waiting for a wake-up is right.
+    room = first["headroom"]
+    return ClaimBatch(rows, at_limit=room < n and len(rows) >= room)
 
 
 APPLY_OUTCOMES = text(

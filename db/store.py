@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
+import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import (
     api_queries,
     liveness_queries,
-    notify,
     outbox,
     provider_queries,
     queries,
@@ -36,6 +37,7 @@ from db.records import (
     SubtaskRow,
 )
 from db.status_queries import StatusRows
+from db.submit_queries import WAKE_CHANNEL
 
 
 class PgStore:
@@ -52,8 +54,9 @@ class PgStore:
 
     def _hot(self, name: str) -> AsyncEngine | Lane:
         """Where the hot statement `name` runs: its lane, or the engine's pool."""
-        if not self._use_lanes:
-            return self.engine
+        return self._lane(name) if self._use_lanes else self.engine
+
+    def _lane(self, name: str) -> Lane:
         lane = self._lanes.get(name)
         if lane is None:
             lane = self._lanes[name] = Lane(self.engine)
@@ -169,9 +172,12 @@ class PgStore:
         """Which of these tasks have been canceled."""
         return await queries.canceled_among(self.engine, task_ids)
 
-    async def listen(self, on_wake: Callable[[str], None]) -> None:
-        """LISTEN for wake-ups, reconnecting forever."""
-        await notify.listen(self.engine, on_wake)
+    async def listen(self, pools: Sequence[str], on_wake: Callable[[str], None]) -> None:
+        """LISTEN for wake-ups of `pools` on their claim lanes, reconnecting forever."""
+        async with anyio.create_task_group() as group:
+            for pool in pools:
+                wake = functools.partial(_wake_for, pool, on_wake)
+                group.start_soon(self._lane(f"claim:{pool}").listen, WAKE_CHANNEL, wake)
 
     # --- ErrorSink -------------------------------------------------------
 
@@ -366,3 +372,9 @@ class PgStore:
 _RUNNER: type[RunnerStore] = PgStore
 _TASKS: type[TaskStore] = PgStore
 _RETENTION: type[RetentionStore] = PgStore
+
+
+def _wake_for(pool: str, on_wake: Callable[[str], None], payload: str | None) -> None:
+    """A claim lane's notification: `pool`'s own wake-ups, and any it may have missed (None)."""
+    if payload is None or payload == pool:
+        on_wake(pool)

@@ -187,7 +187,7 @@ class Executor:
         )
         try:
             async with anyio.create_task_group() as services:
-                services.start_soon(self.store.listen, self._on_notify)
+                services.start_soon(self.store.listen, self._routed_pools(), self._on_notify)
                 services.start_soon(self._resilient, self.recorder.loop)
                 for duty in (duties.heartbeat_loop, duties.reaper_loop, duties.scaler_loop):
                     services.start_soon(self._resilient, duty, self)
@@ -292,6 +292,10 @@ class Executor:
             log.info("grace period over: %d finished subtasks not yet recorded", unrecorded)
 
     # --- claiming ------------------------------------------------------------
+
+    def _routed_pools(self) -> list[str]:
+        """The pools this runner claims for: each wake-up a listener gets costs a server wake."""
+        return [name for name, providers in self.routes.items() if providers]
 
     def _on_notify(self, pool_name: str) -> None:
         pool = self.pools.get(pool_name)

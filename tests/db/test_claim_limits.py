@@ -70,6 +70,19 @@ async def test_a_claim_stops_at_the_limit_and_says_so(engine: AsyncEngine, store
     assert len(again.rows) == 1 and not again.at_limit  # asked for 1, the limit allowed 1
 
 
+async def test_a_queue_run_dry_below_the_limit_is_not_the_limit(
+    engine: AsyncEngine, store: PgStore
+) -> None:
+    """Limit 3, 2 rows due: a claim of 10 gets both and no limit is reported (it would make an
+    idle runner ask again every AT_LIMIT_RETRY instead of waiting for a wake-up)."""
+    await limited(store, 3)
+    await submit(engine, n=2)
+    batch = await store.claim("standard", "sim", 10, "r1", 60.0)
+    assert len(batch.rows) == 2 and not batch.at_limit
+    empty = await store.claim("standard", "sim", 10, "r1", 60.0)
+    assert empty.rows == [] and not empty.at_limit  # one slot left, nothing due
+
+
 async def test_a_provider_in_cooldown_is_not_claimed(engine: AsyncEngine, store: PgStore) -> None:
     """During its fleet cooldown a provider's rows stay pending; the claim says for how long."""
     await limited(store, 10)
