@@ -112,7 +112,7 @@ class ReplayRunner:
         free = self.hold - len(self.held)
         if free < refill_at(self.hold, len(self.held)):
             return 0
-        batch = await self.store.claim(POOL, PROVIDER, free, self.holder, self.settings.lease)
+        batch = await self.store.claim(POOL, [PROVIDER], free, self.holder, self.settings.lease)
         now = time.monotonic()
         self.held.extend((row, now) for row in batch.rows)
         return len(batch.rows)

@@ -43,11 +43,16 @@ async def fetch_on(
         if driver.is_closed() or not isinstance(exc, asyncpg.PostgresError):
             with anyio.CancelScope(shield=True):  # also when cut off by a cancellation
                 await connection.invalidate()
-        if driver.is_closed() and not isinstance(exc, asyncpg.ConnectionDoesNotExistError):
-            # A pooled connection the server dropped ("connection is closed", an interface
-            # error): the same transient loss SQLAlchemy reports, so callers retry it.
-            raise asyncpg.ConnectionDoesNotExistError(str(exc)) from exc
+        raise_as_lost(driver, exc)
         raise
+
+
+def raise_as_lost(driver: asyncpg.Connection, exc: BaseException) -> None:
+    """Raise a lost connection's error as one callers retry, if `driver` was lost."""
+    if driver.is_closed() and not isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+        # A pooled connection the server dropped ("connection is closed", an interface
+        # error): the same transient loss SQLAlchemy reports, so callers retry it.
+        raise asyncpg.ConnectionDoesNotExistError(str(exc)) from exc
 
 
 async def fetch_raw(connection: AsyncConnection, query: str, *args: Any) -> list[Any]:
@@ -155,6 +160,7 @@ class Lane:
     async def _check_out(self) -> Held:
         connection = await self.engine.connect()
         lost = anyio.Event()
+        driver: asyncpg.Connection | None = None
         try:
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None
@@ -162,10 +168,12 @@ class Lane:
             if listening is not None:
                 await driver.add_listener(listening.channel, listening.deliver)
                 driver.add_termination_listener(lambda _connection: lost.set())
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await connection.invalidate()  # never a connection with our listener to the pool
                 await connection.close()
+            if driver is not None:
+                raise_as_lost(driver, exc)
             raise
         self._lost = lost
         self._last_used = self._clock()

@@ -34,11 +34,12 @@ class SubtaskLeases(Protocol):
     """Claiming subtasks and moving them on: every transition is fenced by lease holder."""
 
     async def claim(
-        self, pool: str, provider: str, n: int, executor_id: str, lease: float
+        self, pool: str, providers: list[str], n: int, executor_id: str, lease: float
     ) -> ClaimBatch:
-        """Lease up to `n` due subtasks of `pool` for `provider`, within its fleet-wide limit.
+        """Lease up to `n` due subtasks of `pool`: for each provider in turn, within its limit.
 
-        Highest priority first, then by fair-share turn (tasks interleave), then oldest.
+        Per provider: highest priority first, then by fair-share turn (tasks interleave), then
+        oldest. One transaction: all the rows are leased, or none.
         """
         ...
 

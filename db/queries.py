@@ -186,33 +186,29 @@ def jsonable(value: Any) -> Any:
 
 
 # The claim is one server-side call, imgrun_claim() (its body is in
-# migrations/versions/0006_claim_function.py): it locks the provider's row (claims for one
-# provider take turns), skips a provider in cooldown, spends its rpm tokens, and claims within
-# its fleet-wide limit counted after the lock. One round trip, in autocommit.
+# migrations/versions/0009_claim_across_providers.py): for each provider in turn it locks the
+# provider's row (claims for one provider take turns), skips it in cooldown, spends its rpm
+# tokens, and claims within its fleet-wide limit counted after the lock. One round trip, in
+# autocommit, whatever the number of providers.
 CLAIM_CALL = "SELECT * FROM imgrun_claim($1, $2, $3, $4, $5)"
 
 
 async def claim(
     engine: AsyncEngine | Lane,
     pool: str,
-    provider: str,
+    providers: list[str],
     n: int,
     executor_id: str,
     lease: float,
 ) -> ClaimBatch:
-    """Lease up to `n` due subtasks of `pool` for `provider`, within its fleet-wide limit."""
-    records = await fetch_hot(engine, CLAIM_CALL, pool, provider, n, executor_id, lease)
-    if not records:
-        return ClaimBatch([])  # not registered yet: the runner registers it at start
-    first = records[0]
-    if first["cooldown"] > 0:
-        return ClaimBatch([], cooldown=float(first["cooldown"]))
-    # Positional: the function's columns after (headroom, cooldown) are ClaimedSubtask's.
-    rows = [ClaimedSubtask(*record[2:]) for record in records if record["id"] is not None]
-    # Bound by the limit (or rpm budget) only when it took all the room they left: fewer rows
-    # mean the queue ran dry, and waiting for a wake-up is right.
-    room = first["headroom"]
-    return ClaimBatch(rows, at_limit=room < n and len(rows) >= room)
+    """Lease up to `n` due subtasks of `pool`: for each provider in turn, within its limit."""
+    records = await fetch_hot(engine, CLAIM_CALL, pool, providers, n, executor_id, lease)
+    # A claimed row, or (a NULL id) a provider's status: its cooldown, or whether its limit
+    # bound the claim. Positional: the columns after the first three are ClaimedSubtask's.
+    rows = [ClaimedSubtask(*record[3:]) for record in records if record["id"] is not None]
+    cooldowns = {r["provider_name"]: r["cooldown"] for r in records if r["cooldown"]}
+    at_limit = frozenset(r["provider_name"] for r in records if r["at_limit"])
+    return ClaimBatch(rows, cooldowns, at_limit)
 
 
 APPLY_OUTCOMES = text(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 
@@ -128,11 +128,13 @@ class PrunedBatch:
 
 @dataclass(frozen=True)
 class ClaimBatch:
-    """What one claim for a provider got: rows, and why it got fewer than asked."""
+    """What one claim across a pool's providers got: rows, and why it got fewer than asked."""
 
     rows: list[ClaimedSubtask]
-    cooldown: float = 0.0  # seconds the provider is still paused for (nothing was claimed)
-    at_limit: bool = False  # the provider's fleet-wide limit (or rpm budget) bounded the claim
+    # provider -> seconds it is still paused for (nothing was claimed for it)
+    cooldowns: dict[str, float] = field(default_factory=dict)
+    # the providers whose fleet-wide limit (or rpm budget) bounded the claim
+    at_limit: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,11 @@ class PgStore:
     # --- SubtaskLeases ---------------------------------------------------
 
     async def claim(
-        self, pool: str, provider: str, n: int, executor_id: str, lease: float
+        self, pool: str, providers: list[str], n: int, executor_id: str, lease: float
     ) -> ClaimBatch:
-        """Lease up to `n` due subtasks of `pool` for `provider` (SKIP LOCKED, fleet limit)."""
+        """Lease up to `n` due subtasks of `pool` for `providers`, in turn (fleet limits)."""
         return await queries.claim(
-            self._hot(f"claim:{pool}"), pool, provider, n, executor_id, lease
+            self._hot(f"claim:{pool}"), pool, providers, n, executor_id, lease
         )
 
     # --- FleetStore ------------------------------------------------------

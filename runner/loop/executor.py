@@ -337,20 +337,19 @@ class Executor:
         rows: list[ClaimedSubtask] = []
         wait = self.settings.poll_interval
         try:
+            providers = self._providers_to_claim(pool)
             # Never cancelled (see run): a claim cut off after its commit would strand rows
             # until the runner is found dead. Rows claimed as a stop arrives are handed back.
-            for provider in self._providers_to_claim(pool):
+            if providers:
                 batch = await self.store.claim(
-                    pool.name, provider, free - len(rows), self.executor_id, self.settings.lease
+                    pool.name, providers, free, self.executor_id, self.settings.lease
                 )
-                rows.extend(batch.rows)
-                if batch.cooldown > 0:
-                    self._paused_providers[provider] = self.clock() + batch.cooldown
-                    wait = min(wait, batch.cooldown)
-                elif batch.at_limit:
+                rows = batch.rows
+                for provider, cooldown in batch.cooldowns.items():
+                    self._paused_providers[provider] = self.clock() + cooldown
+                    wait = min(wait, cooldown)
+                if batch.at_limit:
                     wait = min(wait, AT_LIMIT_RETRY)
-                if len(rows) == free:
-                    break
             if self.stop_requested.is_set():
                 for row in rows:
                     self.recorder.record(Outcome(row.id, row.attempts, "release", self.executor_id))

@@ -125,10 +125,7 @@ async def claim_rows(
     await store.register_providers(
         [ProviderBounds(name, "fixed", 1, UNLIMITED, None, {"limit": UNLIMITED}) for name in names]
     )
-    rows: list[ClaimedSubtask] = []
-    for name in names:
-        rows += (await store.claim(pool, name, n - len(rows), executor_id, lease)).rows
-    return rows
+    return (await store.claim(pool, list(names), n, executor_id, lease)).rows
 
 
 UNLIMITED = 100_000

@@ -83,7 +83,7 @@ async def test_turns_are_per_pool_and_provider(engine: AsyncEngine, store: PgSto
             )
         ).all()
     assert list(turns) == [0, 1, 2]  # nothing pending for "elsewhere": it starts at turn 0
-    assert [r.task_id for r in (await store.claim("standard", "sim", 2, "r1", 60.0)).rows] == [
+    assert [r.task_id for r in (await store.claim("standard", ["sim"], 2, "r1", 60.0)).rows] == [
         huge,
         huge,
     ]

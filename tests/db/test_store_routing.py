@@ -35,7 +35,7 @@ async def test_routed_work_remains_while_pending_or_processing(
     await store.register_providers(
         [ProviderBounds("a", "fixed", 1, UNLIMITED, None, {"limit": UNLIMITED})]
     )
-    (row,) = (await store.claim("standard", "a", 5, "r1", 60.0)).rows
+    (row,) = (await store.claim("standard", ["a"], 5, "r1", 60.0)).rows
     assert await store.work_remains(["standard"], ONLY_A)  # processing
     await store.apply_outcomes([outcome(row, "completed", result={"images": []})])
     assert not await store.work_remains(["standard"], ONLY_A)

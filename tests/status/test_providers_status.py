@@ -30,7 +30,7 @@ async def fleet(engine: AsyncEngine) -> PgStore:
         ]
     )
     await submit(engine, n=5, provider="alpha")
-    assert len((await store.claim("standard", "alpha", 3, "r1", 60.0)).rows) == 3
+    assert len((await store.claim("standard", ["alpha"], 3, "r1", 60.0)).rows) == 3
     # Two minutes old: outside the one-minute window, so none of it may count.
     await store.insert_reports("old", [ProviderReport("alpha", 50, 50, latencies=(9.0,) * 50)])
     async with engine.begin() as connection:
