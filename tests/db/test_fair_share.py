@@ -97,10 +97,19 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
-async def explain(engine: AsyncEngine, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """The nodes of the plan PostgreSQL picks for `sql` ($1… bound to `args`; not executed)."""
+async def explain(
+    engine: AsyncEngine, sql: str, params: dict[str, Any] | tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    """The nodes of the plan PostgreSQL picks for `sql` (not executed).
+
+    `params`: a dict for :name binds, a tuple for $1… (a statement handed to the driver).
+    """
+    statement = f"EXPLAIN (FORMAT JSON) {sql}"
     async with engine.connect() as connection:
-        result = await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}", args)
+        if isinstance(params, tuple):
+            result = await connection.exec_driver_sql(statement, params)
+        else:
+            result = await connection.execute(text(statement), params)
         raw = result.scalar_one()
     data = json.loads(raw) if isinstance(raw, str) else raw
     return plan_nodes(data[0]["Plan"])
