@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.lanes import Lane, fetch_hot
@@ -28,7 +28,15 @@ from db.records import (
 )
 
 # Shared with `imgrun submit`'s quick path, which runs them without SQLAlchemy.
-from db.submit_queries import SUBTASK_COPY_COLUMNS, WAKE_CHANNEL, subtask_records
+from db.submit_queries import (
+    FIRST_TURN,
+    INSERT_TASK,
+    SUBTASK_COPY_COLUMNS,
+    WAKE_CHANNEL,
+    first_turn_args,
+    insert_task_args,
+    subtask_records,
+)
 
 __all__ = [
     "ClaimedSubtask",
@@ -39,20 +47,6 @@ __all__ = [
     "SubtaskRow",
     "TaskIsCanceled",
 ]
-
-
-# Fair share: a new task's first turn is the earliest turn still waiting at its priority, for
-# its pool and provider. Its subtasks then alternate with the older tasks' rest instead of
-# queueing behind all of it (one probe of the claim index).
-_FIRST_TURN = text(
-    """
-    SELECT coalesce((
-        SELECT turn FROM subtasks
-        WHERE status = 'pending' AND pool = :pool AND provider = :provider
-          AND priority = :priority
-        ORDER BY turn LIMIT 1), 0)
-    """
-)
 
 
 async def submit_task(
@@ -82,11 +76,12 @@ async def notify_wake(connection: AsyncConnection, pool: str) -> None:
 
 async def insert_task_row(connection: AsyncConnection, task: NewTask) -> tuple[int, int]:
     """The task row, in the caller's transaction: its id and its subtasks' first turn."""
-    first_turn: int = await connection.scalar(
-        _FIRST_TURN, {"pool": task.pool, "provider": task.provider, "priority": task.priority}
-    )
-    row = vars(task) | {"status": "pending", "turn_end": first_turn + task.total_subtasks}
-    task_id: int = (await connection.execute(insert(Task).returning(Task.id), [row])).scalar_one()
+    # The quick path's text ($1…, which the asyncpg dialect's driver takes as is), run on
+    # this connection, so in its transaction: one statement for both submit paths.
+    result = await connection.exec_driver_sql(FIRST_TURN, first_turn_args(task))
+    first_turn: int = result.scalar_one()
+    result = await connection.exec_driver_sql(INSERT_TASK, insert_task_args(task, first_turn))
+    task_id: int = result.scalar_one()
     return task_id, first_turn
 
 

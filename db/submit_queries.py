@@ -30,8 +30,12 @@ SUBTASK_COPY_COLUMNS = (
     "params",
 )
 
+# The task row's two statements: one text for both submit paths, this one and the engine's
+# (db.queries.insert_task_row hands the same text to its connection's driver).
+#
 # Fair share: a new task's first turn is the earliest turn still waiting at its priority, for
-# its pool and provider (the same probe as db.queries._FIRST_TURN, positional here).
+# its pool and provider. Its subtasks then alternate with the older tasks' rest instead of
+# queueing behind all of it (one probe of the claim index). Arguments: first_turn_args().
 FIRST_TURN = """
     SELECT coalesce((
         SELECT turn FROM subtasks
@@ -39,7 +43,7 @@ FIRST_TURN = """
         ORDER BY turn LIMIT 1), 0)
 """
 
-# The columns db.queries.insert_task_row writes through the Task model.
+# Arguments: insert_task_args().
 INSERT_TASK = """
     INSERT INTO tasks (
         name, user_id, pool, provider, priority, prompts, variables, ratio, seed, batch_size,
@@ -48,6 +52,22 @@ INSERT_TASK = """
         'pending', $15)
     RETURNING id
 """
+
+
+def first_turn_args(task: NewTask) -> tuple[Any, ...]:
+    """FIRST_TURN's arguments ($1…) for `task`."""
+    return (task.pool, task.provider, task.priority)
+
+
+def insert_task_args(task: NewTask, first_turn: int) -> tuple[Any, ...]:
+    """INSERT_TASK's arguments ($1…) for `task`, whose subtasks start at `first_turn`."""
+    return (
+        *(task.name, task.user_id, task.pool, task.provider, task.priority),
+        json.dumps(task.prompts),
+        json.dumps(task.variables),
+        *(task.ratio, task.seed, task.batch_size, task.polish, task.max_retries),
+        *(task.total_subtasks, task.total_images, first_turn + task.total_subtasks),
+    )
 
 
 def connect_args(url: str) -> dict[str, Any]:
@@ -100,17 +120,8 @@ async def submit_on(
 ) -> int:
     """The task and all its subtasks in one transaction (one streamed COPY); returns its id."""
     async with connection.transaction():
-        first_turn: int = await connection.fetchval(
-            FIRST_TURN, task.pool, task.provider, task.priority
-        )
-        task_id: int = await connection.fetchval(
-            INSERT_TASK,
-            *(task.name, task.user_id, task.pool, task.provider, task.priority),
-            json.dumps(task.prompts),
-            json.dumps(task.variables),
-            *(task.ratio, task.seed, task.batch_size, task.polish, task.max_retries),
-            *(task.total_subtasks, task.total_images, first_turn + task.total_subtasks),
-        )
+        first_turn: int = await connection.fetchval(FIRST_TURN, *first_turn_args(task))
+        task_id: int = await connection.fetchval(INSERT_TASK, *insert_task_args(task, first_turn))
         records = subtask_records(task, task_id, first_turn, subtasks, on_progress)
         await connection.copy_records_to_table(
             "subtasks", records=records, columns=list(SUBTASK_COPY_COLUMNS)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db import queries
+from db import submit_queries
 from db.store import PgStore
 from tests.db.conftest import claim_rows
 from tests.runner.conftest import submit
@@ -97,10 +97,20 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
-async def explain(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """The nodes of the plan PostgreSQL picks for `sql` (not executed)."""
+async def explain(
+    engine: AsyncEngine, sql: str, params: dict[str, Any] | tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    """The nodes of the plan PostgreSQL picks for `sql` (not executed).
+
+    `params`: a dict for :name binds, a tuple for $1… (a statement handed to the driver).
+    """
+    statement = f"EXPLAIN (FORMAT JSON) {sql}"
     async with engine.connect() as connection:
-        raw = (await connection.execute(text(f"EXPLAIN (FORMAT JSON) {sql}"), params)).scalar_one()
+        if isinstance(params, tuple):
+            result = await connection.exec_driver_sql(statement, params)
+        else:
+            result = await connection.execute(text(statement), params)
+        raw = result.scalar_one()
     data = json.loads(raw) if isinstance(raw, str) else raw
     return plan_nodes(data[0]["Plan"])
 
@@ -150,11 +160,7 @@ async def test_claim_and_first_turn_are_one_index_scan_without_sort(
         "text, text, int",
         "'standard', 'sim', 10",
     )
-    first_turn = await explain(
-        engine,
-        queries._FIRST_TURN.text,
-        {"pool": "standard", "provider": "sim", "priority": 1},
-    )
+    first_turn = await explain(engine, submit_queries.FIRST_TURN, ("standard", "sim", 1))
     for plan in (claim, first_turn):
         picks = [n for n in plan if n["Node Type"] == "Limit" and uses_claim_index(n)]
         assert len(picks) == 1, plan

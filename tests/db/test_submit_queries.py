@@ -6,8 +6,10 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.queries import submit_task
 from db.records import NewTask, SubtaskRow
 from db.submit_queries import connect_args, schema_is_current, submit_on
 from db.url import normalise_url
@@ -56,6 +58,17 @@ async def test_a_row_refused_mid_copy_leaves_nothing_written(database_url: str) 
         )
     finally:
         await connection.close()
+
+
+async def test_the_engine_path_runs_the_same_statements_in_its_transaction(
+    engine: AsyncEngine,
+) -> None:
+    """The engine's submit hands the quick path's text to its driver: still all or nothing."""
+    with pytest.raises(asyncpg.PostgresError):
+        await submit_task(engine, TASK, rows_failing_at(15_000))
+    async with engine.connect() as connection:
+        counts = "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM subtasks)"
+        assert (await connection.execute(text(counts))).one() == (0, 0)
 
 
 async def test_schema_is_current_is_false_on_an_empty_database(
