@@ -8,8 +8,8 @@ pooled connection and its driver between such statements: a checkout and return 
 idle runner's dispatch path. A lane gives its connection back to the pool after any failure
 (which invalidates it if unfit) and when it sat idle for IDLE_PING_AFTER, so the pool pings
 it before the next use exactly as it does any idle connection. A runner's claim lanes also
-LISTEN for wake-ups: the claim then goes to the server process the notification just woke,
-which answers sooner than one asleep since its last statement (PERFORMANCE.md §10).
+LISTEN for its wake-ups (no connection of its own for that), and after a lost connection
+listen again and say so, since what was notified meanwhile never arrives.
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ async def fetch_raw(connection: AsyncConnection, query: str, *args: Any) -> list
 class Lane:
     """One pooled connection held between statements; one statement at a time.
 
-    A lane may also LISTEN (`listen`): notifications then arrive on the very connection the
-    lane's statements use, so a claim made on a wake-up reaches the server process the
-    notification just woke, not one asleep since its last statement.
+    A lane may also LISTEN (`listen`): notifications then arrive on the connection its
+    statements use, which it keeps (never idle) and replaces at once when it is lost.
     """
 
     def __init__(
