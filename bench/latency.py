@@ -13,14 +13,21 @@ server runs with track_commit_timestamp = on; a bench-only trigger copies each n
 job id into a row nobody updates, whose xmin is the submitting transaction): one clock, and
 neither side's client-side overhead after its commit counts. Targets (issue 11): imgrun p50
 <= 2 ms, p95 <= 10 ms, and below pgqueuer.
+
+`--also CHECKOUT` (repeatable) adds a runner from another imgrun checkout (its own database,
+migrated by its own code), sampled in the same rounds in a random order: an A/B of two
+versions of the dispatch path on one server, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -96,29 +103,29 @@ async def pgqueuer_sample(queries: object, watch: asyncpg.Connection) -> float:
     )
 
 
-async def sample(imgrun_url: str, pgq_url: str, n: int) -> dict[str, list[float]]:
-    """`n` samples of each, alternating."""
-    delays: dict[str, list[float]] = {"imgrun": [], "pgqueuer": []}
-    async with (
-        open_engine(imgrun_url, upgrade=False) as engine,
-        pgq.connected(pgq_url) as queries,
-    ):
-        imgrun_watch = await asyncpg.connect(pgq.plain(imgrun_url))
+async def sample(imgrun_urls: dict[str, str], pgq_url: str, n: int) -> dict[str, list[float]]:
+    """`n` samples of each imgrun runner (by name) and of pgqueuer, a random order per round."""
+    delays: dict[str, list[float]] = {name: [] for name in [*imgrun_urls, "pgqueuer"]}
+    async with contextlib.AsyncExitStack() as stack:
+        queries = await stack.enter_async_context(pgq.connected(pgq_url))
+        samplers: dict[str, Callable[[int], Awaitable[float]]] = {}
+        for name, url in imgrun_urls.items():
+            engine = await stack.enter_async_context(open_engine(url, upgrade=False))
+            watch = await asyncpg.connect(pgq.plain(url))
+            stack.push_async_callback(watch.close)
+            samplers[name] = functools.partial(imgrun_sample, engine, watch)
         pgq_watch = await asyncpg.connect(pgq.plain(pgq_url))
-        try:
-            # Warm-up, not counted: both workers up (start-up is bounded by WARM_UP), first
-            # statements prepared; then a pause so both are idle again.
-            await poll(lambda: _started(imgrun_sample(engine, imgrun_watch, -1)), WARM_UP)
-            await poll(lambda: _started(pgqueuer_sample(queries, pgq_watch)), WARM_UP)
-            await anyio.sleep(2)
-            for i in range(n):
-                delays["imgrun"].append(await imgrun_sample(engine, imgrun_watch, i))
+        stack.push_async_callback(pgq_watch.close)
+        samplers["pgqueuer"] = lambda _i: pgqueuer_sample(queries, pgq_watch)
+        # Warm-up, not counted: every worker up (start-up is bounded by WARM_UP), first
+        # statements prepared; then a pause so all are idle again.
+        for take in samplers.values():
+            await poll(lambda take=take: _started(take(-1)), WARM_UP)  # type: ignore[misc]
+        await anyio.sleep(2)
+        for i in range(n):
+            for name in random.sample(list(samplers), len(samplers)):
+                delays[name].append(await samplers[name](i))
                 await anyio.sleep(random.uniform(*SPACING))
-                delays["pgqueuer"].append(await pgqueuer_sample(queries, pgq_watch))
-                await anyio.sleep(random.uniform(*SPACING))
-        finally:
-            await imgrun_watch.close()
-            await pgq_watch.close()
     return delays
 
 
@@ -137,33 +144,42 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def main() -> None:
-    """Start both workers, sample, print the table."""
+    """Start the workers, sample, print the table."""
     pgq.require()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--also", action="append", default=[], metavar="CHECKOUT")
     args = parser.parse_args()
+    checkouts = {"imgrun": None, **{f"imgrun@{Path(c).name}": c for c in args.also}}
     # This private server only: commit times recorded, so a delay starts at the commit.
     pgconf.SERVER_OPTIONS += " -c track_commit_timestamp=on"
-    with embedded_server() as server_url, tempfile.TemporaryDirectory() as tmp:
+    with (
+        embedded_server() as server_url,
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.ExitStack() as workers,
+    ):
         config = Path(tmp) / "imgrun.toml"
         config.write_text(CONFIG.format(output=Path(tmp) / "out", in_flight=IN_FLIGHT))
-        env = {**os.environ, "IMGRUN_CONFIG": str(config), "IMGRUN_HOME": tmp}
-        imgrun_url = anyio.run(fresh_database, server_url, "bench_latency_imgrun")
+        env = {**os.environ, "IMGRUN_CONFIG": str(config)}
+        urls: dict[str, str] = {}
+        for i, (name, checkout) in enumerate(checkouts.items()):
+            urls[name] = anyio.run(fresh_database, server_url, f"bench_latency_imgrun{i}")
+            _migrate(urls[name], checkout)
+            home = Path(tmp) / f"home{i}"
+            home.mkdir()
+            runner_env = {**env, "IMGRUN_HOME": str(home), "IMGRUN_DATABASE_URL": urls[name]}
+            runner = [*IMGRUN, "run", "--log-level", "WARNING"]
+            workers.enter_context(process(runner, runner_env, cwd=checkout))
         pgq_url = anyio.run(fresh_database, server_url, "bench_latency_pgq")
-        anyio.run(_migrate, imgrun_url)
         anyio.run(_install, pgq_url)
-        runner = [*IMGRUN, "run", "--log-level", "WARNING"]
-        worker = [sys.executable, "-m", "bench.pgq", pgq_url]
-        with (
-            process(runner, {**env, "IMGRUN_DATABASE_URL": imgrun_url}),
-            process(worker, env),
-        ):
-            delays = anyio.run(sample, imgrun_url, pgq_url, args.samples)
-    print(f"\nsubmit -> start on an idle worker, {args.samples} samples each, alternating")
-    print(f"{'':<10}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
+        workers.enter_context(process([sys.executable, "-m", "bench.pgq", pgq_url], env))
+        delays = anyio.run(sample, urls, pgq_url, args.samples)
+    print(f"\nsubmit -> start on an idle worker, {args.samples} samples each, interleaved")
+    print(f"{'':<24}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
     for name, values in delays.items():
         ms = [1000 * v for v in values]
-        print(f"{name:<10}{statistics.median(ms):>9.2f}{percentile(ms, 0.95):>9.2f}{max(ms):>9.2f}")
+        p50, p95 = statistics.median(ms), percentile(ms, 0.95)
+        print(f"{name:<24}{p50:>9.2f}{p95:>9.2f}{max(ms):>9.2f}")
 
 
 def mark_submits(table: str) -> list[str]:
@@ -186,10 +202,15 @@ async def _prepare(url: str, table: str) -> None:
         await connection.close()
 
 
-async def _migrate(url: str) -> None:
-    async with open_engine(url):
-        pass
-    await _prepare(url, "tasks")
+def _migrate(url: str, checkout: str | None) -> None:
+    """Bring the database to the schema of `checkout`'s code (None: this one), then mark it."""
+    upgrade = (
+        "import sys, anyio\nfrom db.engine import open_engine\n"
+        "async def up(url):\n    async with open_engine(url):\n        pass\n"
+        "anyio.run(up, sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", upgrade, url], cwd=checkout, check=True)
+    anyio.run(_prepare, url, "tasks")
 
 
 async def _install(url: str) -> None:

@@ -38,9 +38,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process, terminated (then killed) on exit."""
-    child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def process(
+    args: list[str], env: dict[str, str], cwd: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process (in `cwd`), terminated (then killed) on exit."""
+    child = subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         yield child
     finally:
