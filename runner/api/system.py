@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from aiohttp import web
 
-from runner.api.context import STORE
+from runner.api.context import CONFIG, STORE
 from runner.api.openapi import document
 from runner.api.params import int_param
 from runner.api.tasks import json_response
@@ -19,7 +19,9 @@ HEALTH_TIMEOUT = 3.0  # seconds: a load balancer's probe must get an answer, eve
 @routes.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
     """The same snapshot as `imgrun status --json`."""
-    snapshot = await load_status(request.app[STORE])
+    snapshot = await load_status(
+        request.app[STORE], stale_after=request.app[CONFIG].runner.stale_after
+    )
     return json_response(snapshot.to_json())
 
 

@@ -420,8 +420,11 @@ def status(app: App, live: bool, as_json: bool, refresh: float) -> None:
 
     if live and as_json:
         raise UserError("status: --live and --json cannot be combined")
+    stale_after = app.config.runner.stale_after
     app.with_store(
-        lambda store: show_status(store, out, live=live, as_json=as_json, refresh=refresh)
+        lambda store: show_status(
+            store, out, live=live, as_json=as_json, refresh=refresh, stale_after=stale_after
+        )
     )
 
 
@@ -447,7 +450,7 @@ def demo(app: App, log_level: str, service_ms: float | None) -> None:
     setup_logging(log_level, "rich" if out.is_terminal else "json", console=out)
 
     async def view(store: PgStore, done: anyio.Event) -> None:
-        await watch(store, out, until=done)
+        await watch(store, out, until=done, stale_after=app.config.runner.stale_after)
 
     summary = app.with_engine(
         lambda engine: run_demo(

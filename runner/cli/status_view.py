@@ -16,14 +16,21 @@ from db.store import PgStore
 from runner.status_read import load_status
 from runner.view.display import render
 from runner.view.model import StatusSnapshot
+from runner.view.projection import STALE_AFTER
 
 
 async def show_status(
-    store: PgStore, console: Console, *, live: bool, as_json: bool, refresh: float
+    store: PgStore,
+    console: Console,
+    *,
+    live: bool,
+    as_json: bool,
+    refresh: float,
+    stale_after: float = STALE_AFTER,
 ) -> None:
     """Print the status once (as a view or JSON), or keep a live view until SIGINT/SIGTERM."""
     if not live:
-        snapshot = await load_status(store)
+        snapshot = await load_status(store, stale_after=stale_after)
         if as_json:
             console.out(json.dumps(snapshot.to_json(), indent=2, sort_keys=True), highlight=False)
         else:
@@ -39,7 +46,7 @@ async def show_status(
                     group.cancel_scope.cancel()
 
             group.start_soon(stop_on_signal)
-            await _live_loop(store, console, refresh)
+            await _live_loop(store, console, refresh, stale_after)
 
 
 def fit(console: Console, snapshot: StatusSnapshot, height: int) -> RenderableType:
@@ -82,13 +89,18 @@ async def watch(
     *,
     until: anyio.Event | None = None,
     refresh: float = 1.0,
+    stale_after: float = STALE_AFTER,
 ) -> None:
     """A live view on `console` until `until` is set (its final frame kept) or cancelled."""
-    await _live_loop(store, console, refresh, until)
+    await _live_loop(store, console, refresh, stale_after, until)
 
 
 async def _live_loop(
-    store: PgStore, console: Console, refresh: float, until: anyio.Event | None = None
+    store: PgStore,
+    console: Console,
+    refresh: float,
+    stale_after: float,
+    until: anyio.Event | None = None,
 ) -> None:
     snapshot: StatusSnapshot | None = None
     with Live(
@@ -104,7 +116,7 @@ async def _live_loop(
             error = None
             try:
                 with anyio.fail_after(max(5.0, 5 * refresh)):
-                    snapshot = await load_status(store)
+                    snapshot = await load_status(store, stale_after=stale_after)
             except Exception as exc:
                 # A restarting database or a dropped connection must not end the view: keep
                 # the last good snapshot on screen under the error and try again next tick.

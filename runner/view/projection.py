@@ -26,8 +26,9 @@ from runner.view.model import (
 )
 from runner.view.rates import Rates, Source
 
-# A runner heartbeats every 5 s by default; three missed beats make it stale.
-STALE_AFTER = 15.0  # seconds
+# `runner.stale_after`'s default (a test keeps them equal): silent this long, a runner is dead
+# to the fleet, which releases its work. Callers pass the configured value.
+STALE_AFTER = 4.0  # seconds
 SPARKLINE_POINTS = 30
 SPARKLINE_SPAN = 600.0  # seconds of limit history in the sparkline
 DECISIONS_KEPT = 10  # newest scaling decisions per pool

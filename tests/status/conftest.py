@@ -212,7 +212,7 @@ async def seed(engine: AsyncEngine) -> Seeded:
         }
         for executor_id, state, beat, pools in (
             ("runner-live", "running", 2, live_pools),
-            ("runner-two", "running", 5, two_pools),
+            ("runner-two", "running", 3, two_pools),
             ("runner-stale", "running", 60, stale_pools),
             ("runner-old", "stopped", 30, {}),
             ("runner-ancient", "stopped", 7200, {}),

@@ -14,6 +14,7 @@ import termios
 import time
 from collections.abc import Callable
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.store import PgStore
 from runner.cli import status_view as status_module
+from runner.config import RunnerSettings
 from runner.status_read import load_status
 from runner.view.model import StatusSnapshot
+from runner.view.projection import STALE_AFTER
 from tests.conftest import IMGRUN
 from tests.status.conftest import Seeded
 
@@ -57,6 +60,25 @@ async def test_json_returns_the_snapshot(
     assert pools["standard"]["limit"] == 25
     assert {e["id"] for e in data["executors"] if e["stale"]} >= {"runner-stale"}
     assert data["errors"][0]["error_type"] == "TimeoutError"
+
+
+async def test_a_runner_is_stale_after_the_configured_stale_after(
+    seeded: Seeded, database_url: str, cli_env: dict[str, str]
+) -> None:
+    """Status judges runners by `[runner] stale_after`, as the fleet does: at 100 s none is."""
+    Path(cli_env["IMGRUN_CONFIG"]).write_text("[runner]\nstale_after = 100\n")
+    result = await anyio.run_process(
+        [*IMGRUN, "status", "--json"], env=command_env(cli_env, database_url), check=False
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    executors = json.loads(result.stdout)["executors"]
+    assert "runner-stale" in {e["id"] for e in executors}  # silent 60 s, yet within 100
+    assert [e["id"] for e in executors if e["stale"]] == []
+
+
+def test_status_calls_a_runner_stale_when_the_fleet_calls_it_dead() -> None:
+    """The view's default threshold is the runners' own default stale_after."""
+    assert RunnerSettings().stale_after == STALE_AFTER
 
 
 async def test_one_shot_prints_the_view(
@@ -161,7 +183,7 @@ async def test_live_loop_survives_a_failed_refresh(
     console = Console(file=file, force_terminal=True, width=140, height=80)
     with anyio.fail_after(20):
         async with anyio.create_task_group() as group:
-            group.start_soon(status_module._live_loop, PgStore(engine), console, 0.01)
+            group.start_soon(status_module._live_loop, PgStore(engine), console, 0.01, STALE_AFTER)
             while calls < 4:
                 await anyio.sleep(0.01)
             group.cancel_scope.cancel()

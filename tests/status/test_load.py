@@ -125,8 +125,8 @@ async def test_errors_and_executors_with_the_stale_one_flagged(
 
 
 async def test_a_stale_threshold_can_be_tightened(engine: AsyncEngine, seeded: Seeded) -> None:
-    """With a 3 s threshold runner-two (5 s) is stale too and drops out of the sums."""
-    snapshot = await load_status(PgStore(engine), now=seeded.now, stale_after=3.0)
+    """With a 2.5 s threshold runner-two (3 s) is stale too and drops out of the sums."""
+    snapshot = await load_status(PgStore(engine), now=seeded.now, stale_after=2.5)
     assert {e.id for e in snapshot.executors if e.stale} == {"runner-two", "runner-stale"}
     standard = next(p for p in snapshot.pools if p.name == "standard")
     assert (standard.limit, standard.executors) == (15, 1)
