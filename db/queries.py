@@ -185,7 +185,8 @@ def jsonable(value: Any) -> Any:
 # provider's row (claims for one provider take turns), skips it in cooldown, spends its rpm
 # tokens, and claims within its fleet-wide limit counted after the lock. One round trip, in
 # autocommit, whatever the number of providers.
-CLAIM_CALL = "SELECT * FROM imgrun_claim($1, $2, $3, $4, $5)"
+# $2 cast: 0006's one-provider overload stays for runners of the previous version.
+CLAIM_CALL = "SELECT * FROM imgrun_claim($1, $2::text[], $3, $4, $5)"
 
 
 async def claim(

@@ -17,11 +17,14 @@ its fleet-wide limit or rpm budget bounded the claim (only when the rows took al
 they left: fewer means its queue ran dry), or the cooldown it is still paused for. An
 unregistered provider gives nothing. All the providers' rows are locked first, in name order,
 as register_providers does: two claims listing them in different orders never deadlock.
+
+The one-provider function (0006) stays beside it: runners of the previous version, still
+running while a new one migrates the database, keep claiming with it (an untyped second
+argument resolves to the text overload; the new call casts to text[]). It locks one provider
+row at a time, so it cannot close a lock cycle with the new one either.
 """
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
 from alembic import op
 
@@ -29,8 +32,6 @@ revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-ONE_PROVIDER = "imgrun_claim(text, text, int, text, float8)"
 
 CLAIM_FUNCTION = """
 CREATE FUNCTION imgrun_claim(
@@ -125,18 +126,10 @@ $$
 
 
 def upgrade() -> None:
-    """The claim across providers replaces the claim for one."""
-    op.execute(f"DROP FUNCTION {ONE_PROVIDER}")
+    """The claim across providers, beside the claim for one (see above)."""
     op.execute(CLAIM_FUNCTION)
 
 
 def downgrade() -> None:
-    """Back to the claim for one provider (0006's function, planned as 0007 set it)."""
+    """Back to the claim for one provider only."""
     op.execute("DROP FUNCTION imgrun_claim(text, text[], int, text, float8)")
-    path = Path(__file__).with_name("0006_claim_function.py")
-    spec = importlib.util.spec_from_file_location("claim_function_0006", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    op.execute(module.CLAIM_FUNCTION)
-    op.execute(f"ALTER FUNCTION {ONE_PROVIDER} SET plan_cache_mode = force_generic_plan")

@@ -196,3 +196,21 @@ async def test_claims_listing_providers_in_opposite_orders_never_deadlock(
                 group.start_soon(claimer, f"ab{i}", ["a", "b"])
                 group.start_soon(claimer, f"ba{i}", ["b", "a"])
     assert len(claimed) == 2 * ROWS and len(set(claimed)) == 2 * ROWS
+
+
+async def test_a_runner_of_the_previous_version_still_claims(
+    engine: AsyncEngine, store: PgStore
+) -> None:
+    """Its untyped call (0006's columns) still reaches the one-provider claim, within limits."""
+    await limited(store, 2)
+    await submit(engine, n=3)
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        records = await driver.fetch(
+            "SELECT * FROM imgrun_claim($1, $2, $3, $4, $5)", "standard", "sim", 5, "old", 60.0
+        )
+    assert [r["headroom"] for r in records] == [2, 2]
+    assert all(r["provider"] == "sim" and r["id"] is not None for r in records)
+    assert await in_flight(engine) == 2
