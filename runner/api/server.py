@@ -17,6 +17,7 @@ from runner.api.app import build_app
 from runner.config import Config, Environment
 from runner.errors import UserError
 from runner.loop.service import output_dir
+from runner.serving import app_runner
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ async def serve_api(
     delivery = AlertDelivery.from_config(store, config, env)  # fails early on a missing secret
     if not await store.has_tokens():
         log.warning("no API tokens yet: every /v1 request gets 401 until `imgrun token create`")
-    runner = web.AppRunner(build_app(store, config, output_dir(config, env)), access_log=None)
+    runner = app_runner(build_app(store, config, output_dir(config, env)))
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

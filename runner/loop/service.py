@@ -26,6 +26,7 @@ from runner.loop.fleet import Fleet
 from runner.loop.journal import Journal
 from runner.loop.recorder import Discard
 from runner.provider_settings import provider_config
+from runner.serving import app_runner
 from workers.errors import PermanentError
 from workers.kinds import LUMINA, STANDARD, pool_kind
 from workers.polling import PollSettings, run_polling
@@ -180,7 +181,7 @@ async def _serve_metrics(executor: Executor, host: str, port: int) -> None:
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
+    runner = app_runner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -22,6 +22,7 @@ from runner.api.app import build_app
 from runner.api.auth import hash_token, new_token
 from runner.config import Config, Environment
 from runner.loop.service import output_dir
+from runner.serving import IDLE_TIMEOUT, app_runner
 
 # `sim` and `start_sim` are fixtures: importing them here makes them this suite's too.
 from tests.runner.conftest import make_config, runner_settings, sim, start_sim
@@ -61,12 +62,17 @@ async def start_api(
     """`await start_api(settings)`: the app with these config overrides, and a client."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(settings: dict[str, Any] | None = None, sim_url: str = "") -> Api:
+        async def start(
+            settings: dict[str, Any] | None = None,
+            sim_url: str = "",
+            idle_timeout: float = IDLE_TIMEOUT,
+        ) -> Api:
             config, env = make_config(
                 tmp_path, database_url, runner_settings(sim_url or "http://127.0.0.1:9", settings)
             )
             images = output_dir(config, env)
-            runner = web.AppRunner(build_app(PgStore(engine), config, images), access_log=None)
+            app = build_app(PgStore(engine), config, images)
+            runner = app_runner(app, idle_timeout=idle_timeout)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, "127.0.0.1", 0).start()
